@@ -1,0 +1,43 @@
+# `make test` and `make run` work on a fresh machine with Python 3.10+ and make.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS ?= -q --disable-pip-version-check
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install test test-tf test-jax lint run fixtures benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+# Whole suite on TensorFlow, then the core model tests again on JAX.
+test: install lint test-tf test-jax
+
+test-tf: install
+	KERAS_BACKEND=tensorflow $(PY) -m pytest tests
+
+test-jax: install
+	KERAS_BACKEND=jax $(PY) -m pytest -m core tests
+
+run: install
+	$(PY) -m keras_res2net.summary
+
+# Reference fixtures: needs torch + timm in a separate environment (see tools/README.md).
+fixtures:
+	$(PYTHON) -m venv .venv-ref
+	.venv-ref/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1 timm safetensors numpy
+	.venv-ref/bin/python tools/make_reference_fixtures.py
+
+benchmark: install
+	$(PY) benchmarks/inference.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

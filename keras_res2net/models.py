@@ -1,0 +1,225 @@
+"""Res2Net models in the `keras.applications` calling convention.
+
+`build_res2net` is the one builder; `create_model(name)` and the named constructors
+(`Res2Net50`, `Res2Net101V1b`, ...) read the variant table and pass the Res2Net knobs through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+from keras import layers
+
+from keras_res2net import variants
+from keras_res2net.trunks import dla_trunk, resnet_trunk
+
+PYRAMID_LEVELS = ("P2", "P3", "P4", "P5")
+_POOLINGS = (None, "avg", "max")
+
+
+def _check_input_shape(input_shape, include_top: bool, family: str) -> tuple:
+    if input_shape is None:
+        return (224, 224, 3) if include_top else (None, None, 3)
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, channels) (channels last); got {input_shape!r}.")
+    if shape[-1] is None or shape[-1] < 1:
+        raise ValueError(f"input_shape needs a known channel count; got {input_shape!r}.")
+    for size in shape[:2]:
+        if size is not None and size < 32:
+            raise ValueError(
+                f"input_shape {input_shape!r} is too small: height and width must be >= 32 "
+                "(the network downsamples by 32).")
+        if family == "dla" and size is not None and size % 32:
+            raise ValueError(
+                f"input_shape {input_shape!r}: DLA variants need height and width divisible by "
+                "32 (their max-pool and strided-conv branches disagree otherwise, as in the "
+                "reference).")
+    return shape
+
+
+def _check_head_args(pooling, classifier_activation, classes: int) -> None:
+    if pooling not in _POOLINGS:
+        raise ValueError(f"pooling must be one of None, 'avg', 'max'; got {pooling!r}.")
+    if not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"classes must be a positive integer; got {classes!r}.")
+    if classifier_activation is not None:
+        try:
+            keras.activations.get(classifier_activation)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"classifier_activation {classifier_activation!r} is not a Keras activation "
+                "(use None for logits, or e.g. 'softmax').") from err
+
+
+def build_res2net(
+    spec: variants.VariantSpec,
+    *,
+    include_top: bool = True,
+    weights: str | None = None,
+    input_tensor=None,
+    input_shape=None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation: str | None = "softmax",
+    name: str | None = None,
+    stage_pool: bool = True,
+) -> keras.Model:
+    """Build the variant `spec` (after any knob overrides) and load `weights`.
+
+    `stage_pool=False` reproduces mmdetection's Res2Net, whose stride-1 stage block (layer1)
+    concatenates its last split without the 3x3 average pool; a mmdetection checkpoint picks it
+    automatically.
+    """
+    from keras_res2net import weights as weights_lib  # avoids an import cycle
+
+    _check_head_args(pooling, classifier_activation, classes)
+    if spec.scale < 1 or spec.base_width < 1 or spec.cardinality < 1:
+        raise ValueError(f"scale, base_width and cardinality must be >= 1; got {spec}.")
+    checkpoint = weights_lib.open_weights(weights, spec)
+    if checkpoint is not None and checkpoint.layout == "mmdet":
+        stage_pool = False
+    if checkpoint is not None:
+        checkpoint.check_head(include_top, classes)
+
+    shape = _check_input_shape(input_shape, include_top, spec.family)
+    if input_tensor is None:
+        img_input = layers.Input(shape=shape, name="image")
+    elif keras.backend.is_keras_tensor(input_tensor):
+        img_input = input_tensor
+    else:
+        img_input = layers.Input(tensor=input_tensor, shape=shape, name="image")
+
+    if spec.family == "dla":
+        features = dla_trunk(img_input, levels=spec.layers, channels=variants.DLA60_CHANNELS,
+                             base_width=spec.base_width, scale=spec.scale,
+                             cardinality=spec.cardinality)
+    else:
+        features = resnet_trunk(img_input, layers_per_stage=spec.layers,
+                                base_width=spec.base_width, scale=spec.scale,
+                                cardinality=spec.cardinality, deep_stem=spec.deep_stem,
+                                avg_down=spec.avg_down, stage_pool=stage_pool)
+    x = features["P5"]
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dense(classes, activation=classifier_activation, name="fc")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+    model = keras.Model(inputs, x, name=name or spec.name)
+    if checkpoint is not None:
+        checkpoint.load_into(model)
+    return model
+
+
+def resolve_spec(name: str, **overrides) -> variants.VariantSpec:
+    """The table's spec for `name`, with Res2Net knobs (`base_width`, `scale`, `cardinality`,
+    `layers`, `v1b`) replaced where given (None means: keep the table's value)."""
+    spec = variants.get_variant(name)
+    v1b = overrides.pop("v1b", None)
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    if "layers" in changes:
+        changes["layers"] = tuple(changes["layers"])
+        expected = len(spec.layers)
+        if len(changes["layers"]) != expected:
+            raise ValueError(f"layers for {spec.name} needs {expected} entries; "
+                             f"got {changes['layers']!r}.")
+    if v1b is not None:
+        if spec.family == "dla":
+            raise ValueError("v1b (deep stem, average-pool shortcut) applies to ResNet-style "
+                             "Res2Nets, not to DLA variants.")
+        changes.update(deep_stem=bool(v1b), avg_down=bool(v1b))
+    if not changes:
+        return spec
+    # A modified architecture no longer matches the published reference numbers.
+    changes.update(reference_params=None, reference_top1=None, checkpoint_url=None)
+    return dataclasses.replace(spec, **changes)
+
+
+def create_model(name: str, *, features_only: bool = False, base_width: int | None = None,
+                 scale: int | None = None, cardinality: int | None = None,
+                 layers: tuple | None = None, v1b: bool | None = None,
+                 **kwargs) -> keras.Model:
+    """Build any variant by official or timm name (`list_models()` lists them).
+
+    `features_only=True` returns the multi-scale feature model (see `pyramid_model`).
+    Other keyword arguments are those of `keras.applications` constructors.
+    """
+    spec = resolve_spec(name, base_width=base_width, scale=scale, cardinality=cardinality,
+                        layers=layers, v1b=v1b)
+    if features_only:
+        kwargs.setdefault("include_top", False)
+        if kwargs["include_top"]:
+            raise ValueError("features_only=True builds a backbone: include_top must be False.")
+        return pyramid_model(build_res2net(spec, **kwargs))
+    return build_res2net(spec, **kwargs)
+
+
+def pyramid_layer_names(model: keras.Model) -> dict[str, str]:
+    """Names of the layers whose outputs are P2..P5 (stride 4..32) in a Res2Net model."""
+    names = {layer.name for layer in model.layers}
+    if "base_layer_0" in names:  # DLA: the level roots
+        return {f"P{level}": f"level{level}_" + _dla_root_suffix(names, level)
+                for level in range(2, 6)}
+    found = {}
+    for stage in range(1, 5):
+        blocks = sorted(int(n.split("_")[1]) for n in names
+                        if n.startswith(f"layer{stage}_") and n.endswith("_out"))
+        if not blocks:
+            raise ValueError(f"{model.name} has no layer{stage} blocks: not a Res2Net model.")
+        found[f"P{stage + 1}"] = f"layer{stage}_{blocks[-1]}_out"
+    return found
+
+
+def _dla_root_suffix(names: set, level: int) -> str:
+    # The output of a DLA level is its deepest tree2 chain's root ReLU.
+    suffix = ""
+    while f"level{level}_{suffix}tree2_root_relu" in names:
+        suffix += "tree2_"
+    return suffix + "root_relu"
+
+
+def pyramid_model(model: keras.Model) -> keras.Model:
+    """A functional model mapping the image to `{"P2": ..., "P5": ...}` (strides 4 to 32).
+
+    The keras-hub `pyramid_outputs` contract the detection heads consume; it shares weights
+    with `model` and saves to `.keras` like any functional model.
+    """
+    outputs = {level: model.get_layer(layer).output
+               for level, layer in pyramid_layer_names(model).items()}
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_pyramid")
+
+
+def _constructor(variant: str, doc: str, **default_knobs):
+    def constructor(include_top: bool = True, weights: str | None = None, input_tensor=None,
+                    input_shape=None, pooling: str | None = None, classes: int = 1000,
+                    classifier_activation: str | None = "softmax", name: str | None = None,
+                    **res2net_knobs) -> keras.Model:
+        knobs = {**default_knobs, **res2net_knobs}
+        return create_model(variant, include_top=include_top, weights=weights,
+                            input_tensor=input_tensor, input_shape=input_shape, pooling=pooling,
+                            classes=classes, classifier_activation=classifier_activation,
+                            name=name, **knobs)
+
+    constructor.__doc__ = (
+        f"{doc}\n\nBuilt from `{variant}`. Res2Net knobs: base_width, scale, cardinality, "
+        "layers, v1b. Other arguments as in keras.applications.")
+    return constructor
+
+
+Res2Net50 = _constructor("res2net50_26w_4s", "Res2Net-50 (v1 stem), 26w x 4s by default.")
+Res2Net101 = _constructor("res2net101_26w_4s", "Res2Net-101 (v1 stem), 26w x 4s by default.")
+Res2Net152 = _constructor("res2net152_v1b_26w_4s", "Res2Net-152 (v1 stem, 3-8-36-3 blocks).",
+                          v1b=False)
+Res2Net50V1b = _constructor("res2net50_v1b_26w_4s", "Res2Net-50-v1b (deep stem, avg-down).")
+Res2Net101V1b = _constructor("res2net101_v1b_26w_4s", "Res2Net-101-v1b (deep stem, avg-down).")
+Res2Net152V1b = _constructor("res2net152_v1b_26w_4s", "Res2Net-152-v1b (deep stem, avg-down).")
+Res2Net200V1b = _constructor("res2net200_v1b_26w_4s", "Res2Net-200-v1b (deep stem, avg-down).")
+Res2NeXt50 = _constructor("res2next50", "Res2NeXt-50 (4w x 4s x 8 groups).")
+Res2NetDLA60 = _constructor("dla60_res2net", "DLA-60 with Res2Net blocks (28w x 4s).")
+Res2NeXtDLA60 = _constructor("dla60_res2next", "DLA-60 with Res2NeXt blocks (8 groups, 4s).")

@@ -1,0 +1,113 @@
+"""The one table of Res2Net variants.
+
+Every constructor, the checkpoint converter, the README table and the tests read this table;
+nothing else knows a variant's depth, width or scale. Names follow the official
+Res2Net-PretrainedModels repository, with timm's names as aliases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+OFFICIAL_BASE = "https://shanghuagao.oss-cn-beijing.aliyuncs.com/res2net/"
+OFFICIAL_REPO = "https://github.com/Res2Net/Res2Net-PretrainedModels"
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+    """Architecture of one published variant plus what the reference says about it.
+
+    `family` is "resnet" (stem + four stages of Bottle2neck blocks) or "dla" (the DLA-60 tree
+    with Res2Net blocks). `deep_stem`/`avg_down` together make the v1b ("d") design.
+    `reference_params` is the reference's parameter count with 1000 classes;
+    `reference_top1` its ImageNet top-1 (timm eval at 224) where published.
+    """
+
+    name: str
+    family: str
+    layers: tuple[int, ...]
+    base_width: int
+    scale: int
+    cardinality: int = 1
+    deep_stem: bool = False
+    avg_down: bool = False
+    reference_params: int | None = None
+    reference_top1: float | None = None
+    checkpoint_url: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def is_v1b(self) -> bool:
+        return self.deep_stem and self.avg_down
+
+
+_RESNET50 = (3, 4, 6, 3)
+_RESNET101 = (3, 4, 23, 3)
+_DLA60_LEVELS = (1, 1, 1, 2, 3, 1)
+
+VARIANTS: dict[str, VariantSpec] = {
+    spec.name: spec
+    for spec in [
+        VariantSpec("res2net50_48w_2s", "resnet", _RESNET50, 48, 2,
+                    reference_params=25_287_304, reference_top1=77.53,
+                    checkpoint_url=OFFICIAL_BASE + "res2net50_48w_2s-afed724a.pth"),
+        VariantSpec("res2net50_26w_4s", "resnet", _RESNET50, 26, 4,
+                    reference_params=25_699_120, reference_top1=77.99,
+                    checkpoint_url=OFFICIAL_BASE + "res2net50_26w_4s-06e79181.pth"),
+        VariantSpec("res2net50_14w_8s", "resnet", _RESNET50, 14, 8,
+                    reference_params=25_059_816, reference_top1=78.14,
+                    checkpoint_url=OFFICIAL_BASE + "res2net50_14w_8s-6527dddc.pth"),
+        VariantSpec("res2net50_26w_6s", "resnet", _RESNET50, 26, 6,
+                    reference_params=37_051_448, reference_top1=78.59,
+                    checkpoint_url=OFFICIAL_BASE + "res2net50_26w_6s-19041792.pth"),
+        VariantSpec("res2net50_26w_8s", "resnet", _RESNET50, 26, 8,
+                    reference_params=48_403_776, reference_top1=78.95,
+                    checkpoint_url=OFFICIAL_BASE + "res2net50_26w_8s-2c7c9f12.pth"),
+        VariantSpec("res2net101_26w_4s", "resnet", _RESNET101, 26, 4,
+                    reference_params=45_206_688, reference_top1=79.19,
+                    checkpoint_url=OFFICIAL_BASE + "res2net101_26w_4s-02a759a1.pth"),
+        VariantSpec("res2next50", "resnet", _RESNET50, 4, 4, cardinality=8,
+                    reference_params=24_671_464, reference_top1=78.24,
+                    checkpoint_url=OFFICIAL_BASE + "res2next50_4s-6ef7e7bf.pth"),
+        VariantSpec("res2net50_v1b_26w_4s", "resnet", _RESNET50, 26, 4,
+                    deep_stem=True, avg_down=True,
+                    reference_params=25_718_352, reference_top1=80.28,
+                    checkpoint_url=OFFICIAL_BASE + "res2net50_v1b_26w_4s-3cf99910.pth",
+                    aliases=("res2net50d",)),
+        VariantSpec("res2net101_v1b_26w_4s", "resnet", _RESNET101, 26, 4,
+                    deep_stem=True, avg_down=True,
+                    reference_params=45_225_920, reference_top1=81.24,
+                    checkpoint_url=OFFICIAL_BASE + "res2net101_v1b_26w_4s-0812c246.pth",
+                    aliases=("res2net101d",)),
+        VariantSpec("res2net152_v1b_26w_4s", "resnet", (3, 8, 36, 3), 26, 4,
+                    deep_stem=True, avg_down=True),
+        VariantSpec("res2net200_v1b_26w_4s", "resnet", (3, 12, 48, 3), 26, 4,
+                    deep_stem=True, avg_down=True),
+        VariantSpec("dla60_res2net", "dla", _DLA60_LEVELS, 28, 4,
+                    reference_params=20_848_072, reference_top1=78.48,
+                    checkpoint_url=OFFICIAL_BASE + "res2net_dla60_4s-d88db7f9.pth"),
+        VariantSpec("dla60_res2next", "dla", _DLA60_LEVELS, 4, 4, cardinality=8,
+                    reference_params=17_032_984, reference_top1=78.49,
+                    checkpoint_url=OFFICIAL_BASE + "res2next_dla60_4s-d327927b.pth"),
+    ]
+}
+
+ALIASES: dict[str, str] = {alias: spec.name for spec in VARIANTS.values() for alias in spec.aliases}
+
+#: Channel widths of the DLA-60 levels (timm `dla60_*`), shared by both DLA variants.
+DLA60_CHANNELS = (16, 32, 128, 256, 512, 1024)
+
+
+def list_models() -> list[str]:
+    """Every canonical variant name, in table order (aliases resolve via `get_variant`)."""
+    return list(VARIANTS)
+
+
+def get_variant(name: str) -> VariantSpec:
+    """Look a variant up by official name or timm alias; unknown names list the known ones."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in VARIANTS:
+        known = ", ".join(list(VARIANTS) + sorted(ALIASES))
+        raise ValueError(f"Unknown Res2Net variant {name!r}. Known variants: {known}.")
+    return VARIANTS[key]
