@@ -110,7 +110,10 @@ def build_res2net(
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
 
-    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+    inputs = img_input
+    if input_tensor is not None:
+        sources = keras.utils.get_source_inputs(input_tensor)
+        inputs = sources[0] if len(sources) == 1 else sources
     model = keras.Model(inputs, x, name=name or spec.name)
     if checkpoint is not None:
         checkpoint.load_into(model)
@@ -141,7 +144,7 @@ def resolve_spec(name: str, **overrides) -> variants.VariantSpec:
     return dataclasses.replace(spec, **changes)
 
 
-def create_model(name: str, *, features_only: bool = False, base_width: int | None = None,
+def create_model(model_name: str, *, features_only: bool = False, base_width: int | None = None,
                  scale: int | None = None, cardinality: int | None = None,
                  layers: tuple | None = None, v1b: bool | None = None,
                  **kwargs) -> keras.Model:
@@ -150,8 +153,8 @@ def create_model(name: str, *, features_only: bool = False, base_width: int | No
     `features_only=True` returns the multi-scale feature model (see `pyramid_model`).
     Other keyword arguments are those of `keras.applications` constructors.
     """
-    spec = resolve_spec(name, base_width=base_width, scale=scale, cardinality=cardinality,
-                        layers=layers, v1b=v1b)
+    spec = resolve_spec(model_name, base_width=base_width, scale=scale,
+                        cardinality=cardinality, layers=layers, v1b=v1b)
     if features_only:
         kwargs.setdefault("include_top", False)
         if kwargs["include_top"]:
@@ -161,27 +164,22 @@ def create_model(name: str, *, features_only: bool = False, base_width: int | No
 
 
 def pyramid_layer_names(model: keras.Model) -> dict[str, str]:
-    """Names of the layers whose outputs are P2..P5 (stride 4..32) in a Res2Net model."""
-    names = {layer.name for layer in model.layers}
-    if "base_layer_0" in names:  # DLA: the level roots
-        return {f"P{level}": f"level{level}_" + _dla_root_suffix(names, level)
-                for level in range(2, 6)}
+    """Names of the layers whose outputs are P2..P5 (stride 4..32) in a Res2Net model.
+
+    Functional models list layers in topological order, so a stage's output is its last block
+    output (`layerN_*_out`), and a DLA level's output its last root (`levelN_*root_relu`).
+    """
+    names = [layer.name for layer in model.layers]
+    is_dla = "base_layer_0" in names
     found = {}
-    for stage in range(1, 5):
-        blocks = sorted(int(n.split("_")[1]) for n in names
-                        if n.startswith(f"layer{stage}_") and n.endswith("_out"))
-        if not blocks:
-            raise ValueError(f"{model.name} has no layer{stage} blocks: not a Res2Net model.")
-        found[f"P{stage + 1}"] = f"layer{stage}_{blocks[-1]}_out"
+    for index, level in enumerate(PYRAMID_LEVELS):
+        prefix, suffix = (f"level{index + 2}_", "root_relu") if is_dla else (
+            f"layer{index + 1}_", "_out")
+        candidates = [name for name in names if name.startswith(prefix) and name.endswith(suffix)]
+        if not candidates:
+            raise ValueError(f"{model.name} has no {prefix}* outputs: not a Res2Net model.")
+        found[level] = candidates[-1]
     return found
-
-
-def _dla_root_suffix(names: set, level: int) -> str:
-    # The output of a DLA level is its deepest tree2 chain's root ReLU.
-    suffix = ""
-    while f"level{level}_{suffix}tree2_root_relu" in names:
-        suffix += "tree2_"
-    return suffix + "root_relu"
 
 
 def pyramid_model(model: keras.Model) -> keras.Model:
@@ -192,7 +190,8 @@ def pyramid_model(model: keras.Model) -> keras.Model:
     """
     outputs = {level: model.get_layer(layer).output
                for level, layer in pyramid_layer_names(model).items()}
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_pyramid")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outputs, name=f"{model.name}_pyramid")
 
 
 def _constructor(variant: str, doc: str, **default_knobs):

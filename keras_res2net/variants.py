@@ -79,10 +79,11 @@ VARIANTS: dict[str, VariantSpec] = {
                     reference_params=45_225_920, reference_top1=81.24,
                     checkpoint_url=OFFICIAL_BASE + "res2net101_v1b_26w_4s-0812c246.pth",
                     aliases=("res2net101d",)),
+        # 152/200: counts of timm's ResNet built like res2net50d (tools/make_reference_fixtures.py)
         VariantSpec("res2net152_v1b_26w_4s", "resnet", (3, 8, 36, 3), 26, 4,
-                    deep_stem=True, avg_down=True),
+                    deep_stem=True, avg_down=True, reference_params=61_294_480),
         VariantSpec("res2net200_v1b_26w_4s", "resnet", (3, 12, 48, 3), 26, 4,
-                    deep_stem=True, avg_down=True),
+                    deep_stem=True, avg_down=True, reference_params=76_215_536),
         VariantSpec("dla60_res2net", "dla", _DLA60_LEVELS, 28, 4,
                     reference_params=20_848_072, reference_top1=78.48,
                     checkpoint_url=OFFICIAL_BASE + "res2net_dla60_4s-d88db7f9.pth"),

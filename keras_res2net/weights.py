@@ -129,6 +129,8 @@ def open_weights(weights, spec: variants.VariantSpec):
     """A weight source for `weights`, or None for random initialisation."""
     if weights is None:
         return None
+    if isinstance(weights, (TorchWeights, KerasWeights)):  # already opened (the converter)
+        return weights
     if not isinstance(weights, (str, os.PathLike)):
         raise TypeError(f"weights must be None, 'imagenet' or a file path; got {weights!r}.")
     weights = os.fspath(weights)

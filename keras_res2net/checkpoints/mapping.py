@@ -45,9 +45,10 @@ def torch_prefix(layer_name: str) -> str:
 
 
 def _indexed(tensors: dict, prefix: str, field: str) -> list[str]:
+    """`prefix.0.field`, `prefix.1.field`, ...: a gap in the indices names the missing key."""
     pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.{field}$")
-    found = sorted((int(m.group(1)), key) for key in tensors if (m := pattern.match(key)))
-    return [key for _, key in found]
+    found = dict(sorted((int(m.group(1)), key) for key in tensors if (m := pattern.match(key))))
+    return [found.get(i, f"{prefix}.{i}.{field}") for i in range(max(found, default=-1) + 1)]
 
 
 def _conv_kernel(arrays: list[np.ndarray]) -> np.ndarray:
@@ -76,9 +77,12 @@ def _sources(layer, tensors: dict) -> tuple[list[list[str]], callable]:
 
 
 def _convert(layer, index: int, arrays: list[np.ndarray]) -> np.ndarray:
-    if isinstance(layer, layers.Conv2D) and index == 0:
+    """PyTorch layout -> Keras layout; a tensor of the wrong rank is returned as is, so the
+    caller reports it as a shape mismatch."""
+    ranks = {array.ndim for array in arrays}
+    if isinstance(layer, layers.Conv2D) and index == 0 and ranks == {4}:
         return _conv_kernel(arrays)
-    if isinstance(layer, layers.Dense) and index == 0:
+    if isinstance(layer, layers.Dense) and index == 0 and ranks <= {2, 4} and len(arrays) == 1:
         # (out, in) for nn.Linear, (out, in, 1, 1) for DLA's 1x1-conv classifier
         return arrays[0].reshape(arrays[0].shape[0], -1).T
     return np.concatenate(arrays, axis=0)

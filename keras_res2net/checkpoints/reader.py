@@ -27,7 +27,10 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     if path.lower().endswith(SAFETENSORS_SUFFIX):
         from safetensors.numpy import load_file
 
-        return dict(load_file(path))
+        try:
+            return dict(load_file(path))
+        except Exception as err:  # SafetensorError, OSError on truncated or foreign files
+            raise ValueError(f"{path!r} is not a readable .safetensors file: {err}") from err
     if not path.lower().endswith(TORCH_SUFFIXES):
         raise ValueError(
             f"Cannot read {path!r}: expected a .safetensors, .pth, .pt, .bin or .ckpt checkpoint "
