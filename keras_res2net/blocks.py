@@ -39,41 +39,46 @@ def avg_pool_3x3_count_pad(x, stride: int, name: str):
 
 
 def bottle2neck(x, shortcut, *, width: int, scale: int, cardinality: int, out_channels: int,
-                stride: int, is_stage: bool, stage_pool: bool, name: str):
+                stride: int, is_stage: bool, stage_pool: bool, name: str,
+                fuse_stage_convs: bool = False):
     """Res2Net block: 1x1 conv, split into `scale` groups, hierarchical 3x3 convs, 1x1 conv.
 
     `is_stage` marks the first block of a stage: its 3x3 convs see independent splits (so they
-    run as one grouped conv) and the last split is average-pooled; otherwise each split adds the
-    previous conv's output before its own conv. The last split passes through unchanged and is
-    concatenated last, as in the reference code. `stage_pool=False` is mmdetection's variant,
-    which skips the pool when the stage block has stride 1. `shortcut` is the residual input.
+    can run as one grouped conv, `fuse_stage_convs=True`) and the last split is average-pooled;
+    otherwise each split adds the previous conv's output before its own conv. The last split
+    passes through unchanged and is concatenated last, as in the reference code.
+    `stage_pool=False` is mmdetection's variant, which skips the pool when the stage block has
+    stride 1. `shortcut` is the residual input. Separate convs are the default: on TensorFlow/CPU
+    Keras runs grouped convs through a per-call XLA function, measured slower here
+    (benchmarks/inference.py); both forms give the same numbers.
     """
     out = conv(x, width * scale, 1, name=f"{name}_conv1")
     out = layers.ReLU(name=f"{name}_relu1")(batch_norm(out, f"{name}_bn1"))
     num_convs = max(1, scale - 1)
 
-    if is_stage:
+    if is_stage and fuse_stage_convs:
         # Independent splits: one grouped conv + one BN equal `num_convs` separate ones.
         head = out if scale == 1 else out[..., : num_convs * width]
         branches = conv(head, num_convs * width, 3, stride=stride,
                         groups=num_convs * cardinality, name=f"{name}_convs")
         branches = [layers.ReLU(name=f"{name}_relu_convs")(batch_norm(branches, f"{name}_bns"))]
-        if scale > 1:
-            last = out[..., num_convs * width:]
-            if stage_pool or stride > 1:
-                last = avg_pool_3x3_count_pad(last, stride, name=f"{name}_pool")
-            branches.append(last)
     else:
         branches = []
         sp = None
         for i in range(num_convs):
             split = out if scale == 1 else out[..., i * width:(i + 1) * width]
-            sp = split if sp is None else layers.Add(name=f"{name}_add_{i}")([sp, split])
-            sp = conv(sp, width, 3, groups=cardinality, name=f"{name}_convs_{i}")
+            if is_stage or sp is None:
+                sp = split
+            else:
+                sp = layers.Add(name=f"{name}_add_{i}")([sp, split])
+            sp = conv(sp, width, 3, stride=stride, groups=cardinality, name=f"{name}_convs_{i}")
             sp = layers.ReLU(name=f"{name}_relu_convs_{i}")(batch_norm(sp, f"{name}_bns_{i}"))
             branches.append(sp)
-        if scale > 1:
-            branches.append(out[..., num_convs * width:])
+    if scale > 1:
+        last = out[..., num_convs * width:]
+        if is_stage and (stage_pool or stride > 1):
+            last = avg_pool_3x3_count_pad(last, stride, name=f"{name}_pool")
+        branches.append(last)
 
     out = branches[0] if len(branches) == 1 else layers.Concatenate(name=f"{name}_cat")(branches)
     out = conv(out, out_channels, 1, name=f"{name}_conv3")

@@ -66,12 +66,15 @@ def build_res2net(
     classifier_activation: str | None = "softmax",
     name: str | None = None,
     stage_pool: bool = True,
+    fuse_stage_convs: bool = False,
 ) -> keras.Model:
     """Build the variant `spec` (after any knob overrides) and load `weights`.
 
     `stage_pool=False` reproduces mmdetection's Res2Net, whose stride-1 stage block (layer1)
     concatenates its last split without the 3x3 average pool; a mmdetection checkpoint picks it
-    automatically.
+    automatically. `fuse_stage_convs=True` runs each stage block's independent 3x3 convs as one
+    grouped conv (same weights and outputs; faster where grouped convs are native, slower on
+    TensorFlow/CPU, hence off by default).
     """
     from keras_res2net import weights as weights_lib  # avoids an import cycle
 
@@ -95,12 +98,13 @@ def build_res2net(
     if spec.family == "dla":
         features = dla_trunk(img_input, levels=spec.layers, channels=variants.DLA60_CHANNELS,
                              base_width=spec.base_width, scale=spec.scale,
-                             cardinality=spec.cardinality)
+                             cardinality=spec.cardinality, fuse_stage_convs=fuse_stage_convs)
     else:
         features = resnet_trunk(img_input, layers_per_stage=spec.layers,
                                 base_width=spec.base_width, scale=spec.scale,
                                 cardinality=spec.cardinality, deep_stem=spec.deep_stem,
-                                avg_down=spec.avg_down, stage_pool=stage_pool)
+                                avg_down=spec.avg_down, stage_pool=stage_pool,
+                                fuse_stage_convs=fuse_stage_convs)
     x = features["P5"]
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

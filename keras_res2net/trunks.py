@@ -42,7 +42,8 @@ def resnet_shortcut(x, out_channels: int, stride: int, avg_down: bool, name: str
 
 
 def resnet_trunk(x, *, layers_per_stage, base_width: int, scale: int, cardinality: int,
-                 deep_stem: bool, avg_down: bool, stage_pool: bool = True) -> dict:
+                 deep_stem: bool, avg_down: bool, stage_pool: bool = True,
+                 fuse_stage_convs: bool = False) -> dict:
     """Stem plus four stages of Bottle2neck blocks (official `res2net.py` / `res2net_v1b.py`)."""
     x = resnet_stem(x, deep_stem)
     in_channels = 64
@@ -58,19 +59,20 @@ def resnet_trunk(x, *, layers_per_stage, base_width: int, scale: int, cardinalit
                         if needs_projection else x)
             x = bottle2neck(x, shortcut, width=width, scale=scale, cardinality=cardinality,
                             out_channels=out_channels, stride=stride, is_stage=needs_projection,
-                            stage_pool=stage_pool, name=name)
+                            stage_pool=stage_pool, name=name,
+                            fuse_stage_convs=fuse_stage_convs)
             in_channels = out_channels
         features[f"P{stage + 2}"] = x
     return features
 
 
 def _dla_block(x, shortcut, out_channels: int, stride: int, base_width: int, scale: int,
-               cardinality: int, name: str):
+               cardinality: int, fuse_stage_convs: bool, name: str):
     """DlaBottle2neck: the same block with expansion 2; only stride > 1 makes it a stage block."""
     width = int(math.floor(out_channels * base_width / 64)) * cardinality // DLA_EXPANSION
     return bottle2neck(x, shortcut, width=width, scale=scale, cardinality=cardinality,
                        out_channels=out_channels, stride=stride, is_stage=stride > 1,
-                       stage_pool=True, name=name)
+                       stage_pool=True, name=name, fuse_stage_convs=fuse_stage_convs)
 
 
 def _dla_tree(x, *, levels: int, in_channels: int, out_channels: int, stride: int,
@@ -105,12 +107,14 @@ def _dla_tree(x, *, levels: int, in_channels: int, out_channels: int, stride: in
                      children=children, name=f"{name}_tree2", block_args=block_args)
 
 
-def dla_trunk(x, *, levels, channels, base_width: int, scale: int, cardinality: int) -> dict:
+def dla_trunk(x, *, levels, channels, base_width: int, scale: int, cardinality: int,
+              fuse_stage_convs: bool = False) -> dict:
     """DLA-60 with Res2Net blocks (timm `dla60_res2net` / `dla60_res2next`)."""
     x = conv_bn_relu(x, channels[0], 7, name="base_layer_0", bn_name="base_layer_1")
     x = conv_bn_relu(x, channels[0], 3, name="level0_0", bn_name="level0_1")
     x = conv_bn_relu(x, channels[1], 3, stride=2, name="level1_0", bn_name="level1_1")
-    block_args = dict(base_width=base_width, scale=scale, cardinality=cardinality)
+    block_args = dict(base_width=base_width, scale=scale, cardinality=cardinality,
+                      fuse_stage_convs=fuse_stage_convs)
     features = {}
     for level in range(2, 6):
         x = _dla_tree(x, levels=levels[level], in_channels=channels[level - 1],

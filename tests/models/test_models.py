@@ -50,8 +50,9 @@ def test_res2net152_is_v1_and_152v1b_is_deep_stem():
 def test_knobs_change_width_and_scale():
     model = keras_res2net.Res2Net50(base_width=14, scale=8, include_top=False, pooling="avg",
                                     input_shape=(64, 64, 3))
-    # planes 64 * 14 / 64 = 14 channels per split, 7 grouped 3x3 convs in the stage block
-    assert model.get_layer("layer1_0_convs").kernel.shape == (3, 3, 14, 98)
+    # planes 64 * 14 / 64 = 14 channels per split, 7 3x3 convs in every block
+    assert model.get_layer("layer1_0_convs_6").kernel.shape == (3, 3, 14, 14)
+    assert "layer1_0_convs_7" not in {layer.name for layer in model.layers}
     assert model.output_shape == (None, 2048)
     assert trainable_params(keras_res2net.Res2Net50(base_width=14, scale=8)) == 25_059_816
 
@@ -152,8 +153,20 @@ def test_no_lambda_layers_anywhere():
         assert not [layer for layer in model.layers if isinstance(layer, keras.layers.Lambda)]
 
 
-def test_stage_block_runs_its_convs_as_one_grouped_conv():
-    model = keras_res2net.Res2Net50()
-    fused = model.get_layer("layer2_0_convs")
-    assert fused.groups == 3 and fused.strides == (2, 2)
-    assert model.get_layer("layer2_1_convs_0").groups == 1
+@pytest.mark.parametrize("variant", ["res2net50_26w_4s", "res2next50"])
+def test_fused_stage_convs_load_and_compute_the_same(variant, save_safetensors):
+    from reference_data import ReferenceFixture, seeded_images
+
+    from keras_res2net.models import build_res2net, resolve_spec
+
+    fixture = ReferenceFixture(variant + "_reduced")
+    path = save_safetensors(fixture.state_dict())
+    spec = resolve_spec(variant, layers=fixture.meta["layers"])
+    fused = build_res2net(spec, weights=path, fuse_stage_convs=True, input_shape=(64, 64, 3))
+    separate = build_res2net(spec, weights=path, input_shape=(64, 64, 3))
+    layer = fused.get_layer("layer2_0_convs")
+    assert layer.strides == (2, 2) and layer.groups == 3 * spec.cardinality
+    assert "layer2_0_convs" not in {layer.name for layer in separate.layers}
+    images = seeded_images(2, 64, 64)
+    np.testing.assert_allclose(np.asarray(fused(images)), np.asarray(separate(images)),
+                               atol=1e-6)
