@@ -37,9 +37,10 @@ def load_serving(args: argparse.Namespace) -> source.ServingModel:
         model = source.load_model(args.model, weights=args.weights, input_size=args.input_size,
                                   classes=args.classes, layers=layers,
                                   base_width=args.base_width, scale=args.scale)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except Exception as err:  # readers raise their own types (safetensors, h5py, torch, zip)
         what = f"--weights {args.weights}" if args.weights else f"--model {args.model}"
-        raise OptionError(f"{what} could not be loaded: {err}") from err
+        raise OptionError(f"{what} could not be loaded ({type(err).__name__}: {err}). Check "
+                          "that the file is complete and matches the model.") from err
     try:
         return source.serving_model(model, args.include_preprocessing, args.input_size)
     except ValueError as err:

@@ -67,8 +67,38 @@ def interpreter_class():
     return Interpreter
 
 
+_PROBE = """
+import sys
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:
+    from tensorflow.lite import Interpreter
+interpreter = Interpreter(model_path=sys.argv[1])
+interpreter.allocate_tensors()
+interpreter.invoke()
+"""
+
+
+def probe(path: str) -> None:
+    """Load and invoke the model once in a child process first.
+
+    The interpreter does not verify the flatbuffer, and a truncated or corrupted file can
+    crash the process that loads it (a segmentation fault, not an exception); the child takes
+    that crash and the export reports a failed check instead of dying.
+    """
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _PROBE, path], capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode:
+        why = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise RuntimeError(f"the TFLite interpreter cannot load and run it ({why[0]})")
+
+
 def load_tflite(path: str, batch_size: int = 64):
     """A runner on a .tflite file: resizes the batch, (de)quantizes integer inputs/outputs."""
+    probe(path)
     interpreter = interpreter_class()(model_path=path)
     input_index = interpreter.get_input_details()[0]["index"]
     state = {"batch": None}

@@ -154,7 +154,7 @@ def write_and_check(fmt: str, final_path: str, *, force: bool, write: Callable[[
             write(temp)
             result.path = temp
             check_artifact(result, lambda: load(temp), images, reference, kind, latency_repeats)
-            if inspect is not None:
+            if inspect is not None and result.passed:
                 result.notes.extend(inspect(temp))
             if not result.passed:
                 raise ExportError(result.error)
