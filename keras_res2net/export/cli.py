@@ -95,8 +95,13 @@ def plan_outputs(args: argparse.Namespace) -> Plan:
 
 def validate(args: argparse.Namespace) -> Plan:
     """Every check that needs no model; raises OptionError saying what to do."""
+    import keras
+
     from keras_res2net.export import calibration
 
+    if keras.backend.backend() != "tensorflow":
+        raise OptionError(f"exporting needs the TensorFlow backend (this process uses "
+                          f"{keras.backend.backend()!r}): run with KERAS_BACKEND=tensorflow.")
     unknown = [fmt for fmt in args.format if fmt not in FORMATS]
     if unknown:
         raise OptionError(f"unknown format {', '.join(unknown)}: choose from "
@@ -157,6 +162,7 @@ def validate(args: argparse.Namespace) -> Plan:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     args = build_parser().parse_args(argv)
     try:
         plan = validate(args)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from keras_res2net.datasets import load_digits
-from keras_res2net.export import cli, tflite
+from keras_res2net.export import cli, source, tflite
 from keras_res2net.imagenet import preprocess_input
 
 
@@ -57,36 +57,44 @@ def test_preprocessing_baked_in_and_nchw(tiny_model_path, tmp_path, capsys):
     np.testing.assert_allclose(as_uint8.numpy(), np.asarray(expected), atol=1e-5)
 
 
-def test_tflite_fp16_and_dynamic(digits_model_path, tmp_path, capsys):
-    for quantize in ("fp16", "dynamic"):
-        code = export("--model", digits_model_path, "--format", "tflite", "--quantize", quantize,
-                      "--calibration-data", "digits", "--output", tmp_path, "--latency-runs", "0")
-        out = capsys.readouterr().out
-        assert code == 0, out
-        assert os.path.exists(tmp_path / f"digits_{quantize}.tflite")
-
-
-@pytest.mark.parametrize("int8_io", [False, True])
-def test_tflite_int8_on_digits(digits_model_path, tmp_path, capsys, int8_io):
-    extra = ["--int8-io"] if int8_io else []
-    code = export("--model", digits_model_path, "--format", "tflite", "--quantize", "int8",
-                  "--calibration-data", "digits", "--output", tmp_path, "--latency-runs", "3",
-                  *extra)
+def test_tflite_fp16(tiny_model_path, tmp_path, capsys):
+    code = export("--model", tiny_model_path, "--format", "tflite", "--quantize", "fp16",
+                  "--output", tmp_path, "--latency-runs", "0")
     out = capsys.readouterr().out
     assert code == 0, out
-    path = tmp_path / ("digits_int8_io.tflite" if int8_io else "digits_int8.tflite")
-    assert "FLEX" not in out.upper() and "QUANTIZE" in out or int8_io
+    assert "DEQUANTIZE" in out and os.path.exists(tmp_path / "tiny_fp16.tflite")
 
-    # Independent of the CLI's own check: agreement with the float model on held-out digits.
+
+def test_tflite_dynamic_on_digits(digits_model_path, tmp_path, capsys):
+    code = export("--model", digits_model_path, "--format", "tflite", "--quantize", "dynamic",
+                  "--calibration-data", "digits", "--output", tmp_path, "--latency-runs", "0")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert os.path.exists(tmp_path / "digits_dynamic.tflite")
+
+
+def test_tflite_int8_on_digits(digits_model_path, tmp_path, capsys):
+    """The README's command, then an independent check of float- and int8-IO models."""
+    code = export("--model", digits_model_path, "--format", "tflite", "--quantize", "int8",
+                  "--calibration-data", "digits", "--output", tmp_path, "--latency-runs", "3")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "[ok] tflite int8" in out and "GPU delegate:" in out
+
     digits = load_digits(image_size=32)
     images = np.asarray(preprocess_input(digits.val_images), dtype=np.float32)
-    reference = keras.saving.load_model(digits_model_path).predict(images, verbose=0)
-    outputs = tflite.load_tflite(str(path))(images)
-    agreement = np.mean(reference.argmax(-1) == outputs.argmax(-1))
-    assert agreement >= 0.99, agreement
-    interpreter = tflite.interpreter_class()(model_path=str(path))
-    dtype = interpreter.get_input_details()[0]["dtype"]
-    assert dtype == (np.int8 if int8_io else np.float32)
+    model = keras.saving.load_model(digits_model_path)
+    reference = model.predict(images, verbose=0)
+    int8_io = tmp_path / "int8_io.tflite"
+    serving = source.serving_model(model)
+    int8_io.write_bytes(tflite.convert(serving, "int8", digits.train_images[:200], int8_io=True))
+    for path, dtype in ((tmp_path / "digits_int8.tflite", np.float32), (int8_io, np.int8)):
+        interpreter = tflite.interpreter_class()(model_path=str(path))
+        assert interpreter.get_input_details()[0]["dtype"] == dtype
+        assert interpreter.get_output_details()[0]["dtype"] == dtype
+        outputs = tflite.load_tflite(str(path))(images)
+        agreement = np.mean(reference.argmax(-1) == outputs.argmax(-1))
+        assert agreement >= 0.99, (path, agreement)
 
 
 def test_tensorrt_without_tensorrt_names_onnx_and_trtexec(tiny_model_path, tmp_path, capsys):

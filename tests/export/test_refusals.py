@@ -34,6 +34,12 @@ def test_bad_options_fail_before_work(tiny_model_path, tmp_path, capsys, args, m
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_other_keras_backends_are_refused(tiny_model_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    code = export("--model", tiny_model_path, "--format", "onnx", "--output", tmp_path)
+    assert code == 2 and "KERAS_BACKEND=tensorflow" in capsys.readouterr().err
+
+
 def test_model_and_weights_problems(tmp_path, capsys):
     out = tmp_path / "out"
     assert export("--model", tmp_path / "missing.keras", "--format", "onnx", "--output", out) == 2
