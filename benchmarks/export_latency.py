@@ -6,7 +6,7 @@
 
 Every artifact is converted with the exporter's own functions and checked against the Keras
 model first (a latency for a wrong artifact means nothing); then each runtime is timed on the
-same single image: median of --runs calls after warm-up. Ratios are against the Keras model
+same single image: median of --runs calls after warm-up. Speed-ups are against the Keras model
 called through `tf.function`. Runtimes use their default thread settings.
 """
 
@@ -66,7 +66,7 @@ def main() -> None:
             latency = verify.median_latency_ms(run, images[:1], args.runs)
             rows.append((name, latency, diff, agreement))
     base = rows[0][1]
-    print(f"{'runtime':<18} {'median ms':>10} {'vs tf.function':>15} {'max|diff|':>10} "
+    print(f"{'runtime':<18} {'median ms':>10} {'speed-up':>15} {'max|diff|':>10} "
           f"{'top-1 agr.':>10}")
     for name, latency, diff, agreement in rows:
         print(f"{name:<18} {latency:>10.3f} {base / latency:>14.2f}x {diff:>10.1e} "
