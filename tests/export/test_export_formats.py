@@ -1,0 +1,115 @@
+"""Each format round-trips a tiny Res2Net through `res2net-export` and passes its own check."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_res2net.datasets import load_digits
+from keras_res2net.export import cli, source, tflite
+from keras_res2net.imagenet import preprocess_input
+
+
+def export(*args: str) -> int:
+    return cli.main([str(arg) for arg in args])
+
+
+def test_float_formats_round_trip(tiny_model_path, tmp_path, capsys):
+    code = export("--model", tiny_model_path, "--format", "savedmodel", "keras", "tflite", "onnx",
+                  "--output", tmp_path, "--latency-runs", "3")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for name in ("tiny_savedmodel", "tiny.keras", "tiny_fp32.tflite", "tiny.onnx"):
+        assert os.path.exists(tmp_path / name), out
+    lines = [line for line in out.splitlines() if line.startswith("[ok]")]
+    assert len(lines) == 4 and "top-1 agreement 100.00%" in lines[0], out
+    assert "GPU delegate:" in out and "TensorRT: all in" in out
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".export-")]
+
+    # The artifacts keep their names and contracts outside the CLI too.
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(tmp_path / "tiny_savedmodel")).signatures[
+        "serving_default"]
+    assert list(signature.structured_input_signature[1]) == ["images"]
+    assert list(signature.structured_outputs) == ["probabilities"]
+    model = keras.saving.load_model(tmp_path / "tiny.keras", safe_mode=True)
+    assert model.output_names == ["probabilities"]
+
+
+def test_preprocessing_baked_in_and_nchw(tiny_model_path, tmp_path, capsys):
+    code = export("--model", tiny_model_path, "--format", "savedmodel", "onnx", "--nchw",
+                  "--include-preprocessing", "--output", tmp_path, "--latency-runs", "0")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    import onnx
+    import tensorflow as tf
+
+    dims = onnx.load(tmp_path / "tiny_nchw.onnx").graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    loaded = tf.saved_model.load(str(tmp_path / "tiny_savedmodel"))
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    as_uint8 = loaded.signatures["serving_uint8"](images=tf.constant(images))["probabilities"]
+    expected = keras.saving.load_model(tiny_model_path)(preprocess_input(images))
+    np.testing.assert_allclose(as_uint8.numpy(), np.asarray(expected), atol=1e-5)
+
+
+def test_tflite_fp16(tiny_model_path, tmp_path, capsys):
+    code = export("--model", tiny_model_path, "--format", "tflite", "--quantize", "fp16",
+                  "--output", tmp_path, "--latency-runs", "0")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "DEQUANTIZE" in out and os.path.exists(tmp_path / "tiny_fp16.tflite")
+
+
+def test_tflite_dynamic_on_digits(digits_model_path, tmp_path, capsys):
+    code = export("--model", digits_model_path, "--format", "tflite", "--quantize", "dynamic",
+                  "--calibration-data", "digits", "--output", tmp_path, "--latency-runs", "0")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert os.path.exists(tmp_path / "digits_dynamic.tflite")
+
+
+def test_tflite_int8_on_digits(digits_model_path, tmp_path, capsys):
+    """The README's command, then an independent check of float- and int8-IO models."""
+    code = export("--model", digits_model_path, "--format", "tflite", "--quantize", "int8",
+                  "--calibration-data", "digits", "--output", tmp_path, "--latency-runs", "3")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "[ok] tflite int8" in out and "GPU delegate:" in out
+
+    digits = load_digits(image_size=32)
+    images = np.asarray(preprocess_input(digits.val_images), dtype=np.float32)
+    model = keras.saving.load_model(digits_model_path)
+    reference = model.predict(images, verbose=0)
+    int8_io = tmp_path / "int8_io.tflite"
+    serving = source.serving_model(model)
+    int8_io.write_bytes(tflite.convert(serving, "int8", digits.train_images[:200], int8_io=True))
+    for path, dtype in ((tmp_path / "digits_int8.tflite", np.float32), (int8_io, np.int8)):
+        interpreter = tflite.interpreter_class()(model_path=str(path))
+        assert interpreter.get_input_details()[0]["dtype"] == dtype
+        assert interpreter.get_output_details()[0]["dtype"] == dtype
+        outputs = tflite.load_tflite(str(path))(images)
+        agreement = np.mean(reference.argmax(-1) == outputs.argmax(-1))
+        assert agreement >= 0.99, (path, agreement)
+
+
+def test_tensorrt_without_tensorrt_names_onnx_and_trtexec(tiny_model_path, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    code = export("--model", tiny_model_path, "--format", "tensorrt", "--precision", "fp16",
+                  "--output", tmp_path, "--latency-runs", "0")
+    out = capsys.readouterr().out
+    assert code == 1
+    onnx_path = str(tmp_path / "tiny.onnx")
+    assert os.path.exists(onnx_path) and not os.path.exists(tmp_path / "tiny_fp16.engine")
+    assert f"The checked ONNX file is {onnx_path}" in out
+    assert f"trtexec --onnx={onnx_path}" in out and "--fp16" in out
+    assert "--maxShapes=images:32x32x32x3" in out
