@@ -114,3 +114,19 @@ def test_seeded_parameters_cover_every_trainable_key():
     params = seeded_parameters(shapes)
     assert set(shapes) - set(params) == {k for k in shapes if k.endswith(("running_mean",
                                                                           "running_var"))}
+
+
+def test_official_dla_project_layers_are_set_aside(save_safetensors):
+    """The official DLA code builds project layers in multi-level trees that its forward pass
+    never calls (timm dropped them); a checkpoint holding them still loads."""
+    from keras_res2net.weights import TorchWeights
+
+    manifest = MANIFESTS["dla60_res2net"]["keys"]
+    tensors = {key: np.ones(shape, np.float32) for key, shape in manifest.items()}
+    tensors["level3.project.0.weight"] = np.zeros((256, 128, 1, 1), np.float32)
+    tensors["level3.project.1.running_var"] = np.ones((256,), np.float32)
+    source = TorchWeights(save_safetensors(tensors))
+    model = keras_res2net.Res2NetDLA60()
+    source.load_into(model)
+    assert source.report.set_aside["level3.project.0.weight"].startswith("never used")
+    assert source.report.assigned == len(manifest)
