@@ -2,7 +2,8 @@
 
 Training builds the Res2Net with a logits head (`classifier_activation=None`) taking images
 normalised by `preprocess_input`. With `--init_weights` the backbone comes from a checkpoint
-(its classifier set aside) and a new `head` of `num_classes` is added. The exported model is
+(its classifier set aside) and a new `head` of `num_classes` is added, except under
+`--eval_only`, which evaluates the checkpoint with its own classifier. The exported model is
 the same network rebuilt in float32 plus a softmax: a plain functional Keras model.
 """
 
@@ -21,14 +22,18 @@ def _knobs(config) -> dict:
 def build_model(config, num_classes: int, *, load_init: bool = True) -> keras.Model:
     """Images normalised with `preprocess_input` -> logits (float32 under mixed precision)."""
     name = f"{config.model}_{config.data}".replace("/", "_").replace(":", "_")
-    if config.init_weights:
+    knobs = _knobs(config)
+    if config.init_weights and config.eval_only and load_init:
+        model = create_model(config.model, classes=num_classes, classifier_activation=None,
+                             weights=config.init_weights, **knobs)
+    elif config.init_weights:
         backbone = create_model(config.model, include_top=False, pooling="avg",
-                                weights=config.init_weights if load_init else None,
-                                **_knobs(config))
+                                weights=config.init_weights if load_init else None, **knobs)
         logits = keras.layers.Dense(num_classes, dtype="float32", name="head")(backbone.output)
         return keras.Model(backbone.input, logits, name=name)
-    model = create_model(config.model, classes=num_classes, classifier_activation=None,
-                         **_knobs(config))
+    else:
+        model = create_model(config.model, classes=num_classes, classifier_activation=None,
+                             **knobs)
     if model.output.dtype != "float32":
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(model.output)
         model = keras.Model(model.input, logits, name=name)

@@ -80,19 +80,16 @@ def tfds_source(name: str, data_dir: str | None, train_split: str | None,
                "downloaded at run time: prepare it once with `tfds build "
                f"{name} --data_dir DIR` (imagenet2012 needs its manual files in "
                "DIR/downloads/manual), then pass --data_dir DIR.")
+    splits = builder.info.splits
+    train = train_split or "train"
+    val = val_split or ("test" if splits and "validation" not in splits else "validation")
     try:
-        splits = builder.info.splits
-        image_key, label_key = _tfds_keys(builder.info.features, name)
-        train = train_split or "train"
-        val = val_split or ("validation" if "validation" in splits else "test")
-        sizes = {train: splits[train].num_examples, val: splits[val].num_examples}
         builder.as_dataset(split=train)  # fails here, in seconds, if the data is not there
     except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as err:
         raise FileNotFoundError(missing) from err
-    except KeyError as err:
-        raise ValueError(f"TFDS dataset {name!r} has splits {list(splits)}; got {err}.") from err
-    if not all(sizes.values()):
-        raise FileNotFoundError(missing)
+    except ValueError as err:  # an unknown split name
+        raise ValueError(f"TFDS dataset {name!r} has splits {list(splits)}: {err}") from err
+    image_key, label_key = _tfds_keys(builder.info.features, name)
     encoded = isinstance(builder.info.features[image_key], tfds.features.Image)
     decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
 
@@ -102,6 +99,11 @@ def tfds_source(name: str, data_dir: str | None, train_split: str | None,
                                 decoders=decoders, read_config=config)
         return ds.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
 
+    if splits:
+        sizes = {split: splits[split].num_examples for split in (train, val)}
+    else:  # metadata without split sizes (e.g. tfds.testing.mock_data): count once
+        sizes = {split: int(records(split, None).reduce(0, lambda n, _: n + 1))
+                 for split in (train, val)}
     num_classes = builder.info.features[label_key].num_classes
     return Source(name, num_classes, sizes, (train, val), records)
 
