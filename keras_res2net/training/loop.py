@@ -93,6 +93,7 @@ class Trainer:
                                                   max_to_keep=config.max_checkpoints)
         self._train_fn = self._make_train_fn()
         self._eval_fn = self._make_eval_fn()
+        self._sync_fn = self._make_sync_fn()
         self.history: list[dict] = []
 
     # -- steps ------------------------------------------------------------------------------
@@ -154,6 +155,26 @@ class Trainer:
 
         return eval_step
 
+    def _make_sync_fn(self):
+        # Keras 3 keeps BatchNorm moving statistics per replica (each worker its own); average
+        # them, as Keras 2's on-read MEAN variables did, so every replica holds the same model.
+        variables = self.model.non_trainable_variables
+        if self.strategy.num_replicas_in_sync == 1 or not variables:
+            return lambda: None
+
+        def replica_sync():
+            context = tf.distribute.get_replica_context()
+            local = [tf.identity(v.value) for v in variables]
+            means = context.all_reduce(tf.distribute.ReduceOp.MEAN, local)
+            for variable, mean in zip(variables, means, strict=True):
+                variable.assign(mean)
+
+        @tf.function
+        def sync():
+            self.strategy.run(replica_sync)
+
+        return sync
+
     # -- checkpoints ------------------------------------------------------------------------
     def restore(self) -> int:
         """Restore the latest checkpoint, if any; return the step it was saved at."""
@@ -168,10 +189,12 @@ class Trainer:
         return int(self.step.numpy())
 
     def save(self) -> None:
+        self._sync_fn()
         self.manager.save(checkpoint_number=int(self.step.numpy()))
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self) -> EvalResult:
+        self._sync_fn()
         start = time.perf_counter()
         replicas = self.strategy.num_replicas_in_sync
         dist = self.strategy.distribute_datasets_from_function(
