@@ -1,7 +1,7 @@
 """Train-step throughput on CPU: res2net50_26w_4s at 224 with and without XLA, next to
 keras.applications.ResNet50 (weights=None), measured in the same run.
 
-    python benchmarks/train_throughput.py [--batch_size 8] [--steps 5] [--repeats 3]
+    python benchmarks/train_throughput.py [--batch_size 8] [--steps 2] [--repeats 3]
 
 Times the training loop's own step (forward, backward, SGD update through `strategy.run`,
 the default strategy) on random images; prints the median images/s over `repeats` timings
@@ -66,7 +66,7 @@ def images_per_second(model: keras.Model, jit_compile: bool, batch: int, steps: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     builders = {

@@ -196,9 +196,8 @@ class Trainer:
     def evaluate(self) -> EvalResult:
         self._sync_fn()
         start = time.perf_counter()
-        replicas = self.strategy.num_replicas_in_sync
         dist = self.strategy.distribute_datasets_from_function(
-            lambda ctx: data.eval_dataset(self.source, self.config, ctx, replicas))
+            lambda ctx: data.eval_dataset(self.source, self.config, ctx))
         iterator = iter(dist)
         totals = np.zeros(4)
         for _ in range(data.eval_steps(self.source, self.config)):

@@ -12,14 +12,16 @@ from __future__ import annotations
 import keras
 
 from keras_res2net.models import create_model
+from keras_res2net.training.config import TrainConfig
 
 
-def _knobs(config) -> dict:
+def _knobs(config: TrainConfig) -> dict:
     return dict(layers=config.layers, base_width=config.base_width, scale=config.scale,
                 input_shape=(config.image_size, config.image_size, 3))
 
 
-def build_model(config, num_classes: int, *, load_init: bool = True) -> keras.Model:
+def build_model(config: TrainConfig, num_classes: int, *,
+                load_init: bool = True) -> keras.Model:
     """Images normalised with `preprocess_input` -> logits (float32 under mixed precision)."""
     name = f"{config.model}_{config.data}".replace("/", "_").replace(":", "_")
     knobs = _knobs(config)
@@ -40,7 +42,7 @@ def build_model(config, num_classes: int, *, load_init: bool = True) -> keras.Mo
     return model
 
 
-def export_model(trained: keras.Model, config, num_classes: int) -> keras.Model:
+def export_model(trained: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:
     """A float32 copy of `trained` ending in a softmax: (N, size, size, 3) normalised images
     -> (N, num_classes) probabilities. Saves and loads as `.keras` with safe_mode=True."""
     policy = keras.config.dtype_policy()

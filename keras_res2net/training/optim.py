@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_res2net.training.config import TrainConfig
+
 
 def scaled_lr(base_lr: float, global_batch: int) -> float:
     """The linear scaling rule: `base_lr` is the rate for 256 images."""
@@ -40,7 +42,7 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
                     boundaries=self.boundaries, factor=self.factor)
 
 
-def make_schedule(config, steps_per_epoch: int):
+def make_schedule(config: TrainConfig, steps_per_epoch: int):
     """The learning-rate schedule of `config` over `epochs * steps_per_epoch` steps."""
     peak = scaled_lr(config.base_lr, config.batch_size)
     total = config.epochs * steps_per_epoch
@@ -58,7 +60,8 @@ def is_decayed(variable) -> bool:
     return len(variable.shape) > 1
 
 
-def make_optimizer(config, steps_per_epoch: int, variables: list) -> keras.optimizers.Optimizer:
+def make_optimizer(config: TrainConfig, steps_per_epoch: int,
+                   variables: list) -> keras.optimizers.Optimizer:
     """The optimizer of `config`, built for `variables` (so checkpoints restore its slots),
     wrapped in a `LossScaleOptimizer` under mixed_float16."""
     schedule = make_schedule(config, steps_per_epoch)
@@ -76,7 +79,7 @@ def make_optimizer(config, steps_per_epoch: int, variables: list) -> keras.optim
     return optimizer
 
 
-def l2_penalty(config, variables: list) -> tf.Tensor:
+def l2_penalty(config: TrainConfig, variables: list) -> tf.Tensor:
     """The coupled L2 term of the SGD recipe (zero for AdamW, which decays decoupled)."""
     if config.optimizer != "sgd" or not config.weight_decay:
         return tf.constant(0.0)

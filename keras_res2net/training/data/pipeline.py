@@ -14,6 +14,7 @@ import math
 import tensorflow as tf
 
 from keras_res2net.imagenet import preprocess_input
+from keras_res2net.training.config import TrainConfig
 from keras_res2net.training.data.sources import Source
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -104,8 +105,9 @@ def mixup_cutmix(images, labels, mixup_alpha: float, cutmix_alpha: float):
     return _mix(images, labels, cutmix_alpha, cutmix=True)
 
 
-def train_dataset(source: Source, config, context: tf.distribute.InputContext | None,
-                  epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+def train_dataset(source: Source, config: TrainConfig,
+                  context: tf.distribute.InputContext | None, epoch: int,
+                  skip_batches: int = 0) -> tf.data.Dataset:
     """One epoch's shuffled, augmented batches (per replica), repeated.
 
     The shuffle order depends only on (seed, epoch), so a resumed run skips the
@@ -135,8 +137,8 @@ def train_dataset(source: Source, config, context: tf.distribute.InputContext | 
     return ds.prefetch(AUTOTUNE)
 
 
-def eval_dataset(source: Source, config, context: tf.distribute.InputContext | None,
-                 num_replicas: int = 1) -> tf.data.Dataset:
+def eval_dataset(source: Source, config: TrainConfig,
+                 context: tf.distribute.InputContext | None) -> tf.data.Dataset:
     """The validation split as (images, labels, valid) batches per replica, padded so that
     every replica runs the same number of batches (`valid` is 0 on padding)."""
     context = context or tf.distribute.InputContext()
@@ -158,6 +160,6 @@ def eval_dataset(source: Source, config, context: tf.distribute.InputContext | N
     return ds.batch(per_replica).prefetch(AUTOTUNE)
 
 
-def eval_steps(source: Source, config) -> int:
+def eval_steps(source: Source, config: TrainConfig) -> int:
     """Batches per replica in one pass over the (padded) validation split."""
     return math.ceil(source.num_examples[source.splits[1]] / config.batch_size)
