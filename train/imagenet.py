@@ -1,4 +1,4 @@
-"""Train a Res2Net on ImageNet, a TFDS dataset, TFRecords, an image folder or `digits`.
+r"""Train a Res2Net on ImageNet, a TFDS dataset, TFRecords, an image folder or `digits`.
 
     python train/imagenet.py --data digits --model_dir runs/digits
     python train/imagenet.py --model res2net50_v1b_26w_4s --strategy mirrored \
