@@ -217,6 +217,11 @@ class Trainer:
         writer = self._summary_writer()
         run_start, run_images, steps_this_run = time.perf_counter(), 0, 0
         result = None
+        if step and step % spe == 0 and (not self.history or self.history[-1]["step"] < step):
+            # Killed between an epoch's last step and its evaluation: evaluate it now.
+            result = self.evaluate()
+            self._record(writer, step // spe, step, float("nan"), float("nan"), result,
+                         float("nan"))
         for epoch in range(step // spe, config.epochs):
             skip = step - epoch * spe
             dist = self.strategy.distribute_datasets_from_function(
@@ -246,12 +251,8 @@ class Trainer:
             run_images += images
             result = self.evaluate()
             self.save()
-            record = dict(epoch=epoch + 1, step=step, loss=loss_sum / max(spe - skip, 1),
-                          accuracy=correct_sum / max(images, 1), val_loss=result.loss,
-                          val_top1=result.top1, val_top5=result.top5,
-                          lr=float(self.optimizer.learning_rate), images_per_sec=images / seconds)
-            self.history.append(record)
-            self._write_epoch(writer, record)
+            record = self._record(writer, epoch + 1, step, loss_sum / max(spe - skip, 1),
+                                  correct_sum / max(images, 1), result, images / seconds)
             self._log(f"epoch {epoch + 1}/{config.epochs}  step {step}  loss {record['loss']:.4f}"
                       f"  acc {record['accuracy']:.4f}  val_loss {result.loss:.4f}  val_top1 "
                       f"{result.top1:.4f}  val_top5 {result.top5:.4f}  lr {record['lr']:.4g}  "
@@ -273,6 +274,15 @@ class Trainer:
         if not self.chief:
             return None
         return tf.summary.create_file_writer(os.path.join(self.config.model_dir, "tensorboard"))
+
+    def _record(self, writer, epoch: int, step: int, loss: float, accuracy: float,
+                result: EvalResult, images_per_sec: float) -> dict:
+        record = dict(epoch=epoch, step=step, loss=loss, accuracy=accuracy,
+                      val_loss=result.loss, val_top1=result.top1, val_top5=result.top5,
+                      lr=float(self.optimizer.learning_rate), images_per_sec=images_per_sec)
+        self.history.append(record)
+        self._write_epoch(writer, record)
+        return record
 
     def _write_epoch(self, writer, record: dict) -> None:
         if writer is not None:

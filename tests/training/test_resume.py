@@ -64,3 +64,15 @@ def test_sigkill_then_resume(tmp_path, tiny_config, train_script):
     assert re.search(rf"step {total}/{total}", result.stdout)
     assert _latest_step(ckpt_dir) == total
     assert os.path.exists(os.path.join(model_dir, "model.keras"))
+
+
+def test_epoch_end_killed_before_its_evaluation_is_evaluated_on_resume(tmp_path, tiny_config):
+    from keras_res2net.training import Trainer
+
+    Trainer(tiny_config(tmp_path, epochs=1, steps_per_epoch=2)).train()
+    os.remove(os.path.join(tmp_path, "history.json"))  # as if killed right after the save
+    trainer = Trainer(tiny_config(tmp_path, epochs=2, steps_per_epoch=2))
+    trainer.train()
+    assert [h["epoch"] for h in trainer.history] == [1, 2]
+    assert np.isnan(trainer.history[0]["loss"]) and trainer.history[0]["val_top1"] >= 0
+    assert int(trainer.step.numpy()) == 4
