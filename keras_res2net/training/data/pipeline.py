@@ -1,0 +1,165 @@
+"""tf.data pipelines: the reference's train augmentation and eval transform, per replica.
+
+Train: random-resized crop (JPEGs are cropped while decoding with `decode_and_crop_jpeg`),
+optional horizontal flip, `preprocess_input` normalisation, one-hot labels, optional
+mixup/cutmix. Eval: resize the shorter side to `size / eval_crop_fraction` (256 for 224) and
+centre-crop `size`. Both shard by `tf.distribute.InputContext` and batch per replica.
+Eval data is padded with masked records so every replica runs the same number of batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from keras_res2net.imagenet import preprocess_input
+from keras_res2net.training.config import TrainConfig
+from keras_res2net.training.data.sources import Source
+
+AUTOTUNE = tf.data.AUTOTUNE
+ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)  # torchvision RandomResizedCrop
+
+
+def _as_rgb(image: tf.Tensor) -> tf.Tensor:
+    if image.shape.rank == 3 and image.shape[-1] == 1:
+        return tf.image.grayscale_to_rgb(image)
+    return image
+
+
+def _crop_window(shape: tf.Tensor, scale_min: float) -> tuple[tf.Tensor, tf.Tensor]:
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+        min_object_covered=0.0, aspect_ratio_range=ASPECT_RATIO_RANGE,
+        area_range=(scale_min, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+    return begin, size
+
+
+def random_resized_crop(image: tf.Tensor, size: int, scale_min: float) -> tf.Tensor:
+    """Random crop of `scale_min`..100% of the area, resized to `size` (float32, 0..255)."""
+    if image.dtype == tf.string:
+        def jpeg():
+            begin, crop = _crop_window(tf.image.extract_jpeg_shape(image), scale_min)
+            window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
+            return tf.image.decode_and_crop_jpeg(image, window, channels=3)
+
+        def other():
+            decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
+            begin, crop = _crop_window(tf.shape(decoded), scale_min)
+            return tf.slice(decoded, begin, crop)
+
+        cropped = tf.cond(tf.io.is_jpeg(image), jpeg, other)
+    else:
+        image = _as_rgb(image)
+        begin, crop = _crop_window(tf.shape(image), scale_min)
+        cropped = tf.slice(image, begin, crop)
+    return tf.image.resize(cropped, (size, size), method="bilinear")
+
+
+def center_crop(image: tf.Tensor, size: int, crop_fraction: float) -> tf.Tensor:
+    """Resize the shorter side to `size / crop_fraction` (bilinear), centre-crop `size`."""
+    if image.dtype == tf.string:
+        image = tf.io.decode_image(image, channels=3, expand_animations=False)
+    image = _as_rgb(image)
+    resize = int(math.floor(size / crop_fraction + 0.5))
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = resize / tf.minimum(shape[0], shape[1])
+    new_shape = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.image.resize(image, new_shape, method="bilinear")
+    top = (new_shape[0] - size) // 2
+    left = (new_shape[1] - size) // 2
+    return tf.slice(image, [top, left, 0], [size, size, 3])
+
+
+def _mix(images, labels, alpha: float, cutmix: bool):
+    gamma_a = tf.random.gamma([], alpha)
+    gamma_b = tf.random.gamma([], alpha)
+    lam = gamma_a / (gamma_a + gamma_b)
+    other_images, other_labels = tf.reverse(images, [0]), tf.reverse(labels, [0])
+    if not cutmix:
+        return lam * images + (1 - lam) * other_images, lam * labels + (1 - lam) * other_labels
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    cut = tf.sqrt(1.0 - lam)
+    cut_h = tf.cast(tf.cast(height, tf.float32) * cut, tf.int32)
+    cut_w = tf.cast(tf.cast(width, tf.float32) * cut, tf.int32)
+    cy = tf.random.uniform([], 0, height, dtype=tf.int32)
+    cx = tf.random.uniform([], 0, width, dtype=tf.int32)
+    y0, y1 = tf.maximum(cy - cut_h // 2, 0), tf.minimum(cy + cut_h // 2, height)
+    x0, x1 = tf.maximum(cx - cut_w // 2, 0), tf.minimum(cx + cut_w // 2, width)
+    rows = tf.logical_and(tf.range(height) >= y0, tf.range(height) < y1)
+    cols = tf.logical_and(tf.range(width) >= x0, tf.range(width) < x1)
+    box = tf.logical_and(rows[:, None], cols[None, :])[None, :, :, None]
+    mixed = tf.where(box, other_images, images)
+    area = tf.cast((y1 - y0) * (x1 - x0), tf.float32) / tf.cast(height * width, tf.float32)
+    return mixed, (1 - area) * labels + area * other_labels
+
+
+def mixup_cutmix(images, labels, mixup_alpha: float, cutmix_alpha: float):
+    """Mix a batch with its reverse (one-hot labels); with both on, pick one per batch."""
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        return tf.cond(tf.random.uniform([]) < 0.5,
+                       lambda: _mix(images, labels, mixup_alpha, cutmix=False),
+                       lambda: _mix(images, labels, cutmix_alpha, cutmix=True))
+    if mixup_alpha > 0:
+        return _mix(images, labels, mixup_alpha, cutmix=False)
+    return _mix(images, labels, cutmix_alpha, cutmix=True)
+
+
+def train_dataset(source: Source, config: TrainConfig,
+                  context: tf.distribute.InputContext | None, epoch: int,
+                  skip_batches: int = 0) -> tf.data.Dataset:
+    """One epoch's shuffled, augmented batches (per replica), repeated.
+
+    The shuffle order depends only on (seed, epoch), so a resumed run skips the
+    `skip_batches` it already trained on and sees the same data as an uninterrupted one.
+    """
+    context = context or tf.distribute.InputContext()
+    per_replica = context.get_per_replica_batch_size(config.batch_size)
+    seed = config.seed * 1000 + epoch
+    ds = source.records(source.splits[0], seed)
+    ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+    ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.repeat()
+    ds = ds.skip(skip_batches * per_replica)
+    size, num_classes = config.image_size, source.num_classes
+
+    def parse(image, label):
+        image = random_resized_crop(image, size, config.crop_scale_min)
+        if config.flip:
+            image = tf.image.random_flip_left_right(image)
+        return preprocess_input(image), tf.one_hot(label, num_classes)
+
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(per_replica, drop_remainder=True)
+    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
+        ds = ds.map(lambda x, y: mixup_cutmix(x, y, config.mixup_alpha, config.cutmix_alpha),
+                    num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def eval_dataset(source: Source, config: TrainConfig,
+                 context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+    """The validation split as (images, labels, valid) batches per replica, padded so that
+    every replica runs the same number of batches (`valid` is 0 on padding)."""
+    context = context or tf.distribute.InputContext()
+    per_replica = context.get_per_replica_batch_size(config.batch_size)
+    split = source.splits[1]
+    count = source.num_examples[split]
+    padded = math.ceil(count / config.batch_size) * config.batch_size
+    ds = source.records(split, None).map(lambda x, y: (x, y, 1.0))
+    if padded > count:
+        filler = source.records(split, None).take(1).map(lambda x, y: (x, y, 0.0))
+        ds = ds.concatenate(filler.repeat(padded - count))
+    ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+    size, fraction = config.image_size, config.eval_crop_fraction
+
+    def parse(image, label, valid):
+        return preprocess_input(center_crop(image, size, fraction)), label, valid
+
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE)
+    return ds.batch(per_replica).prefetch(AUTOTUNE)
+
+
+def eval_steps(source: Source, config: TrainConfig) -> int:
+    """Batches per replica in one pass over the (padded) validation split."""
+    return math.ceil(source.num_examples[source.splits[1]] / config.batch_size)

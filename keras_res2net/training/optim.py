@@ -1,0 +1,88 @@
+"""The reference's optimisation recipe: scaled learning rate, schedule, optimizer, decay.
+
+- Learning rate: `base_lr` per 256 images, scaled linearly with the global batch size.
+- Schedule: linear warm-up, then cosine decay to 0 (or step decay by `step_factor`).
+- SGD (momentum 0.9, optional Nesterov) with the reference's *coupled* L2 weight decay,
+  `weight_decay/2 * ||w||^2` added to the loss (PyTorch's SGD `weight_decay`); AdamW with
+  Keras' decoupled decay. Either way BatchNorm parameters and biases (rank <= 1) are exempt.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_res2net.training.config import TrainConfig
+
+
+def scaled_lr(base_lr: float, global_batch: int) -> float:
+    """The linear scaling rule: `base_lr` is the rate for 256 images."""
+    return base_lr * global_batch / 256.0
+
+
+@keras.saving.register_keras_serializable(package="keras_res2net")
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak`, then multiplied by `factor` at each boundary step."""
+
+    def __init__(self, peak: float, warmup_steps: int, boundaries: list[int], factor: float):
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.boundaries = list(boundaries)
+        self.factor = factor
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        drops = tf.add_n([tf.cast(step >= b, tf.float32) for b in self.boundaries] or [0.0])
+        decayed = self.peak * tf.pow(self.factor, drops)
+        warmup = self.peak * (step + 1.0) / max(self.warmup_steps, 1)
+        return tf.where(step < self.warmup_steps, warmup, decayed)
+
+    def get_config(self) -> dict:
+        return dict(peak=self.peak, warmup_steps=self.warmup_steps,
+                    boundaries=self.boundaries, factor=self.factor)
+
+
+def make_schedule(config: TrainConfig, steps_per_epoch: int):
+    """The learning-rate schedule of `config` over `epochs * steps_per_epoch` steps."""
+    peak = scaled_lr(config.base_lr, config.batch_size)
+    total = config.epochs * steps_per_epoch
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+    if config.schedule == "step":
+        boundaries = [epoch * steps_per_epoch for epoch in config.step_epochs]
+        return WarmupStepDecay(peak, warmup, boundaries, config.step_factor)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=max(total - warmup, 1), alpha=0.0,
+        warmup_target=peak, warmup_steps=warmup)
+
+
+def is_decayed(variable) -> bool:
+    """Weight decay applies to conv and dense kernels, not to BatchNorm or biases."""
+    return len(variable.shape) > 1
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int,
+                   variables: list) -> keras.optimizers.Optimizer:
+    """The optimizer of `config`, built for `variables` (so checkpoints restore its slots),
+    wrapped in a `LossScaleOptimizer` under mixed_float16."""
+    schedule = make_schedule(config, steps_per_epoch)
+    if config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule,
+                                           weight_decay=config.weight_decay)
+        optimizer.exclude_from_weight_decay(
+            var_list=[v for v in variables if not is_decayed(v)])
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum,
+                                         nesterov=config.nesterov)
+    if config.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(variables)
+    return optimizer
+
+
+def l2_penalty(config: TrainConfig, variables: list) -> tf.Tensor:
+    """The coupled L2 term of the SGD recipe (zero for AdamW, which decays decoupled)."""
+    if config.optimizer != "sgd" or not config.weight_decay:
+        return tf.constant(0.0)
+    decayed = [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables
+               if is_decayed(v)]
+    return 0.5 * config.weight_decay * tf.add_n(decayed)
