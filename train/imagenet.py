@@ -5,7 +5,7 @@ r"""Train a Res2Net on ImageNet, a TFDS dataset, TFRecords, an image folder or `
         --data imagenet2012 --data_dir ~/tensorflow_datasets --model_dir runs/r50
 
 Only parses flags; the recipe lives in `keras_res2net.training`. Flags left unset take the
-data's defaults (`--data digits`: a small Res2Net, 32 px, 15 epochs; otherwise the reference
+data's defaults (`--data digits`: a small Res2Net, 32 px, 30 epochs; otherwise the reference
 ImageNet recipe). `--helpfull` lists every flag.
 """
 
@@ -43,7 +43,7 @@ flags.DEFINE_integer("image_size", None, "Input size (224; digits 32).")
 flags.DEFINE_string("init_weights", None, "PyTorch or .weights.h5 checkpoint for the backbone; "
                     "a new classifier head is trained (fine-tuning).")
 # Recipe.
-flags.DEFINE_integer("epochs", None, "Epochs (100; digits 15).")
+flags.DEFINE_integer("epochs", None, "Epochs (100; digits 30).")
 flags.DEFINE_integer("batch_size", None, "Global batch size over all replicas (256; digits 64).")
 flags.DEFINE_float("base_lr", None, "Learning rate per 256 images, scaled linearly (0.1).")
 flags.DEFINE_enum("optimizer", "sgd", config_lib.OPTIMIZERS, "SGD (momentum) or AdamW.")

@@ -76,7 +76,7 @@ class TrainConfig:
 
 DIGITS_DEFAULTS = dict(
     model="res2net50_26w_4s", layers=(1, 1, 1, 1), base_width=8, scale=4, image_size=32,
-    epochs=15, batch_size=64, base_lr=0.1, weight_decay=1e-4, warmup_epochs=1.0,
+    epochs=30, batch_size=64, base_lr=0.1, weight_decay=1e-4, warmup_epochs=1.0,
     crop_scale_min=0.6, flip=False, eval_crop_fraction=1.0,
 )
 IMAGENET_DEFAULTS = dict(
