@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+import keras
 import tensorflow as tf
 
 from keras_res2net.detection.configs import ExperimentConfig
@@ -27,7 +28,7 @@ def train(config: ExperimentConfig, data_dir, model_dir, *, backbone_weights=Non
     strategy = strategy or tf.distribute.get_strategy()
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    tf.random.set_seed(config.train.seed)
+    keras.utils.set_random_seed(config.train.seed)  # Python, NumPy, TF and Keras seeds
     task = DetectionTask(config)
     records = task.load_data(data_dir, training=True)
     if config.train.steps is None:  # epochs -> steps, as mmdetection's epoch-based runner
