@@ -66,17 +66,29 @@ def resize_and_pad(example: dict, max_size, size_divisor: int, flip) -> dict:
             "scales": scales, "original_sizes": tf.cast(shape, tf.int32)}
 
 
-def build_dataset(dataset: CocoDataset, *, batch_size: int, max_size=(1333, 800),
-                  size_divisor: int = 32, max_instances: int = 100, training: bool = False,
-                  cache: bool = False, seed: int | None = None) -> tf.data.Dataset:
-    """Batches of `{"images", "boxes", "classes", "masks", "image_ids", "scales",
-    "original_sizes"}`; training shuffles, flips and repeats forever."""
-    data = tf.data.Dataset.from_generator(_generator(dataset, max_instances),
+def raw_dataset(dataset: CocoDataset, max_instances: int = 100) -> tf.data.Dataset:
+    """Decoded examples `{"image", "boxes", "classes", "masks", "image_id"}` of a COCO set."""
+    return tf.data.Dataset.from_generator(_generator(dataset, max_instances),
                                           output_signature=_SIGNATURE)
+
+
+def build_dataset(dataset: CocoDataset | tf.data.Dataset, *, batch_size: int,
+                  max_size=(1333, 800), size_divisor: int = 32, max_instances: int = 100,
+                  training: bool = False, cache: bool = False,
+                  seed: int | None = None) -> tf.data.Dataset:
+    """Batches of `{"images", "boxes", "classes", "masks", "image_ids", "scales",
+    "original_sizes"}`; training shuffles, flips and repeats forever.
+
+    `dataset` is a loaded COCO JSON set, or any tf.data.Dataset of raw examples in
+    `raw_dataset`'s format (e.g. `tfds_coco.load`)."""
+    if isinstance(dataset, tf.data.Dataset):
+        data, size = dataset, 1000
+    else:
+        data, size = raw_dataset(dataset, max_instances), len(dataset.records)
     if cache:
         data = data.cache()
     if training:
-        data = data.shuffle(min(len(dataset.records), 1000), seed=seed).repeat()
+        data = data.shuffle(min(size, 1000), seed=seed).repeat()
 
     def transform(example):
         flip = tf.random.uniform([], seed=seed) < 0.5 if training else None
