@@ -61,8 +61,9 @@ class MaskRCNN(keras.Model):
         all_boxes, all_scores, all_levels = [], [], []
         for index, level in enumerate(scores):
             logits = scores[level]
-            count = logits.shape[1]
-            k = rpn.pre_nms_topk if count is None else min(rpn.pre_nms_topk, count)
+            count = logits.shape[1]  # None when the image size is only known at run time
+            k = (ops.minimum(rpn.pre_nms_topk, ops.shape(logits)[1]) if count is None
+                 else min(rpn.pre_nms_topk, count))
             top_scores, top_index = ops.top_k(logits, k)
             top_deltas = ops.take_along_axis(deltas[level], top_index[..., None], axis=1)
             top_anchors = ops.take(anchors[level], top_index, axis=0)
