@@ -74,6 +74,14 @@ def test_resize_flip_pad_by_hand():
     assert mask[8:16, 56:80].all() and mask.sum() == 8 * 24
 
 
+def test_image_without_objects():
+    example = {"image": np.zeros((50, 70, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
+               "classes": np.zeros((0,), np.int32), "masks": np.zeros((0, 50, 70), np.uint8),
+               "image_id": np.int64(1)}
+    out = resize_and_pad(example, (140, 100), 32, None)
+    assert out["images"].shape == (128, 160, 3) and out["masks"].shape == (0, 128, 160)
+
+
 def test_dataset_batches_padded_ground_truth(shapes_val):
     dataset = load_coco(*shapes_val)
     batch = next(iter(build_dataset(dataset, batch_size=3, max_size=(128, 128),

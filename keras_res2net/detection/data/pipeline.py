@@ -47,8 +47,11 @@ def resize_and_pad(example: dict, max_size, size_divisor: int, flip) -> dict:
     new_size = tf.cast(tf.round(shape * factor), tf.int32)
     scales = tf.cast(new_size, tf.float32) / shape  # (h_scale, w_scale)
     image = tf.image.resize(tf.cast(image, tf.float32), new_size, method="bilinear")
-    masks = tf.image.resize(tf.transpose(example["masks"], [1, 2, 0]), new_size,
-                            method="nearest")
+    # A blank channel, dropped after padding: resize and pad need at least one.
+    masks = tf.transpose(example["masks"], [1, 2, 0])
+    blank = tf.zeros(tf.concat([tf.shape(masks)[:2], [1]], axis=0), masks.dtype)
+    masks = tf.concat([masks, blank], axis=-1)
+    masks = tf.image.resize(masks, new_size, method="nearest")
     boxes = example["boxes"] * tf.stack([scales[1], scales[0], scales[1], scales[0]])
     if flip is not None:
         width = tf.cast(new_size[1], tf.float32)
@@ -62,7 +65,7 @@ def resize_and_pad(example: dict, max_size, size_divisor: int, flip) -> dict:
     image = tf.image.pad_to_bounding_box(image, 0, 0, padded[0], padded[1])
     masks = tf.image.pad_to_bounding_box(masks, 0, 0, padded[0], padded[1])
     return {"images": image, "boxes": boxes, "classes": example["classes"],
-            "masks": tf.transpose(masks, [2, 0, 1]), "image_ids": example["image_id"],
+            "masks": tf.transpose(masks[..., :-1], [2, 0, 1]), "image_ids": example["image_id"],
             "scales": scales, "original_sizes": tf.cast(shape, tf.int32)}
 
 
