@@ -1,0 +1,133 @@
+"""COCO-format JSON + image folder loader that refuses bad annotations loudly.
+
+`load_coco` checks the whole file up front: every annotation must reference a listed image
+and category, have a finite, positive box inside its image, and a segmentation that decodes
+to the image's size; every image must exist on disk. Any violation raises `ValueError`
+naming the image and annotation. Crowd annotations (`iscrowd=1`) are kept apart as
+`crowd_boxes` (mmdetection ignores them in training; pycocotools uses them in evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+_BOX_SLACK = 1.0  # pixels a box may exceed its image by (COCO rounds boxes to 0.01 px)
+
+
+@dataclasses.dataclass
+class ImageRecord:
+    """One image's annotations: boxes xyxy in pixels, contiguous classes 1..K, segmentations."""
+
+    image_id: int
+    path: Path
+    height: int
+    width: int
+    boxes: np.ndarray
+    classes: np.ndarray
+    segmentations: list
+    crowd_boxes: np.ndarray
+
+    def load_image(self) -> np.ndarray:
+        with Image.open(self.path) as image:
+            return np.asarray(image.convert("RGB"))
+
+    def load_masks(self) -> np.ndarray:
+        """(N, H, W) uint8 instance masks."""
+        if not self.segmentations:
+            return np.zeros((0, self.height, self.width), dtype=np.uint8)
+        return np.stack([segmentation_to_mask(s, self.height, self.width)
+                         for s in self.segmentations]).astype(np.uint8)
+
+
+@dataclasses.dataclass
+class CocoDataset:
+    coco: COCO
+    records: list
+    category_ids: list  # contiguous class k (1-based) is category_ids[k - 1]
+
+
+def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """Decode a polygon list, uncompressed or compressed RLE into an (H, W) mask."""
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle)
+
+
+def _check_annotation(ann: dict, image: dict, categories: set, needs_masks: bool) -> str | None:
+    """The problem with one annotation, or None."""
+    if ann.get("category_id") not in categories:
+        return f"category_id {ann.get('category_id')!r} is not in 'categories'"
+    box = ann.get("bbox")
+    if not isinstance(box, list | tuple) or len(box) != 4:
+        return f"bbox {box!r} is not [x, y, width, height]"
+    x, y, w, h = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        return f"bbox {box!r} has a non-finite or non-positive size"
+    if (x < -_BOX_SLACK or y < -_BOX_SLACK or x + w > image["width"] + _BOX_SLACK
+            or y + h > image["height"] + _BOX_SLACK):
+        return (f"bbox {box!r} lies outside the {image['width']}x{image['height']} image")
+    if needs_masks:
+        segmentation = ann.get("segmentation")
+        if not segmentation:
+            return "has no segmentation"
+        if isinstance(segmentation, dict) and list(segmentation.get("size", [])) != [
+                image["height"], image["width"]]:
+            return (f"segmentation size {segmentation.get('size')!r} differs from the image "
+                    f"size [{image['height']}, {image['width']}]")
+        if isinstance(segmentation, list) and any(len(p) < 6 or len(p) % 2 for p in
+                                                  segmentation):
+            return "has a polygon with fewer than 3 points or an odd coordinate count"
+    return None
+
+
+def load_coco(json_path, image_dir, *, needs_masks: bool = True) -> CocoDataset:
+    """Read and validate a COCO instances file; images are looked up in `image_dir`."""
+    json_path, image_dir = Path(json_path), Path(image_dir)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"annotation file {json_path} does not exist.")
+    coco = COCO(str(json_path))
+    category_ids = sorted(coco.getCatIds())
+    if not category_ids:
+        raise ValueError(f"{json_path}: no categories.")
+    contiguous = {cat: index + 1 for index, cat in enumerate(category_ids)}
+    for ann in coco.dataset.get("annotations", []):
+        if ann.get("image_id") not in coco.imgs:
+            raise ValueError(f"{json_path}: annotation {ann.get('id')!r} refers to image_id "
+                             f"{ann.get('image_id')!r}, which is not in 'images'.")
+    records = []
+    for image_id in sorted(coco.imgs):
+        image = coco.imgs[image_id]
+        path = image_dir / image["file_name"]
+        if not path.is_file():
+            raise ValueError(f"{json_path}: image {image_id} ({image['file_name']}) is missing "
+                             f"from {image_dir}.")
+        boxes, classes, segmentations, crowd = [], [], [], []
+        for ann in coco.imgToAnns.get(image_id, []):
+            problem = _check_annotation(ann, image, set(contiguous), needs_masks)
+            if problem:
+                raise ValueError(f"{json_path}: annotation {ann.get('id')!r} of image "
+                                 f"{image_id} ({image['file_name']}) {problem}.")
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            if ann.get("iscrowd", 0):
+                crowd.append([x, y, x + w, y + h])
+                continue
+            boxes.append([x, y, x + w, y + h])
+            classes.append(contiguous[ann["category_id"]])
+            segmentations.append(ann.get("segmentation"))
+        records.append(ImageRecord(
+            image_id=image_id, path=path, height=int(image["height"]),
+            width=int(image["width"]), boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+            classes=np.asarray(classes, np.int32), segmentations=segmentations,
+            crowd_boxes=np.asarray(crowd, np.float32).reshape(-1, 4)))
+    return CocoDataset(coco=coco, records=records, category_ids=category_ids)

@@ -1,0 +1,1 @@
+"""Detection model pieces: backbone wrapper, FPN decoder, anchors, heads, RoIAlign, detector."""

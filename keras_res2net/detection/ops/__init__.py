@@ -1,0 +1,1 @@
+"""Box, assignment, sampling, NMS and mask operations in `keras.ops` (NMS uses `tf.image`)."""

@@ -1,0 +1,55 @@
+"""Max-IoU assignment with low-quality matches, and balanced sampling."""
+
+import numpy as np
+
+from keras_res2net.detection.ops.assign import assign
+from keras_res2net.detection.ops.sampling import balanced_mask, sample_indices
+
+ANCHORS = np.array([[[0, 0, 10, 10],        # IoU 1 with gt 0: positive
+                     [0, 0, 10, 5],         # IoU 0.5 with gt 0: between thresholds, ignored
+                     [20, 20, 30, 30],      # no overlap (padding row has this box): negative
+                     [100, 100, 110, 110],  # IoU 90/110 with gt 1: positive
+                     [50, 50, 60, 70]]],    # IoU 0.5 with gt 2: only a low-quality match
+                   np.float32)
+GT = np.array([[[0, 0, 10, 10], [101, 100, 111, 110], [50, 50, 60, 60], [20, 20, 30, 30]]],
+              np.float32)
+VALID = np.array([[True, True, True, False]])
+
+
+def test_assignment_by_hand():
+    labels, matched, max_iou = assign(ANCHORS, GT, VALID, pos_iou=0.7, neg_iou=0.3)
+    np.testing.assert_array_equal(labels, [[1, -1, 0, 1, -1]])
+    assert matched[0, 0] == 0 and matched[0, 3] == 1
+    np.testing.assert_allclose(max_iou, [[1.0, 0.5, 0.0, 90 / 110, 0.5]], rtol=1e-6)
+
+
+def test_low_quality_matches_give_every_object_an_anchor():
+    labels, matched, _ = assign(ANCHORS, GT, VALID, pos_iou=0.7, neg_iou=0.3,
+                                min_pos_iou=0.3, low_quality_matches=True)
+    # Anchor 1 (0.5 with gt 0) is not gt 0's best, so it stays ignored; anchor 4 is gt 2's best.
+    np.testing.assert_array_equal(labels, [[1, -1, 0, 1, 1]])
+    assert matched[0, 4] == 2
+
+
+def test_no_ground_truth_means_all_negative():
+    labels, _, _ = assign(ANCHORS, GT, np.zeros_like(VALID), pos_iou=0.7, neg_iou=0.3,
+                          low_quality_matches=True)
+    np.testing.assert_array_equal(labels, [[0, 0, 0, 0, 0]])
+
+
+def test_balanced_sampling_counts():
+    labels = np.array([[1] * 10 + [0] * 100 + [-1] * 5, [1] * 2 + [0] * 100 + [-1] * 13])
+    pos, neg = balanced_mask(labels, 20, 0.25, seed=1)
+    pos, neg = np.asarray(pos), np.asarray(neg)
+    np.testing.assert_array_equal(pos.sum(1), [5, 2])
+    np.testing.assert_array_equal(neg.sum(1), [15, 18])
+    assert not (pos & (labels != 1)).any() and not (neg & (labels != 0)).any()
+
+
+def test_sample_indices_put_positives_first():
+    labels = np.array([[0, -1, 1, 0, 1, 0, 0, 1]])
+    index, is_pos, is_sampled = sample_indices(labels, 4, 0.5, seed=3)
+    index, is_pos = np.asarray(index), np.asarray(is_pos)
+    np.testing.assert_array_equal(is_pos, [[True, True, False, False]])
+    assert set(index[0, :2]) <= {2, 4, 7} and set(index[0, 2:]) <= {0, 3, 5, 6}
+    assert np.asarray(is_sampled).all()

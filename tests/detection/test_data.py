@@ -1,0 +1,92 @@
+"""The synthetic generator, the COCO loader's validation and the input pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_res2net.detection.data.coco import load_coco
+from keras_res2net.detection.data.pipeline import build_dataset, resize_and_pad
+from keras_res2net.detection.data.synthetic import write_split
+
+
+def test_generator_is_deterministic(tmp_path, shapes_val):
+    json_path = write_split(tmp_path, "val", 6, seed=7)
+    assert json_path.read_bytes() == shapes_val[0].read_bytes()
+    for name in ("000001.png", "000006.png"):
+        assert (tmp_path / "val" / name).read_bytes() == (shapes_val[1] / name).read_bytes()
+
+
+def test_boxes_are_the_tight_boxes_of_the_masks(shapes_val):
+    dataset = load_coco(*shapes_val)
+    assert sum(len(r.classes) for r in dataset.records) >= 6
+    for record in dataset.records:
+        for box, mask in zip(record.boxes, record.load_masks(), strict=True):
+            ys, xs = np.nonzero(mask)
+            np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+
+
+def _corrupt(shapes_val, tmp_path, change):
+    data = json.loads(shapes_val[0].read_text())
+    change(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["annotations"][2].update(bbox=[120, 10, 30, 20]), "outside"),
+    (lambda d: d["annotations"][2].update(category_id=9), "category_id 9"),
+    (lambda d: d["annotations"][2].update(bbox=[1, 1, 0, 5]), "non-positive"),
+    (lambda d: d["annotations"][2]["segmentation"].update(size=[64, 64]), "segmentation size"),
+])
+def test_bad_annotation_names_image_and_annotation(shapes_val, tmp_path, change, message):
+    path = _corrupt(shapes_val, tmp_path, change)
+    with pytest.raises(ValueError, match=message) as error:
+        load_coco(path, shapes_val[1])
+    image_id = json.loads(path.read_text())["annotations"][2]["image_id"]
+    assert "annotation 3 of image" in str(error.value)
+    assert f"image {image_id} ({image_id:06d}.png)" in str(error.value)
+
+
+def test_dangling_image_id_and_missing_file_fail(shapes_val, tmp_path):
+    path = _corrupt(shapes_val, tmp_path, lambda d: d["annotations"][0].update(image_id=99))
+    with pytest.raises(ValueError, match="annotation 1 refers to image_id 99"):
+        load_coco(path, shapes_val[1])
+    with pytest.raises(ValueError, match=r"image 1 \(000001.png\) is missing"):
+        load_coco(shapes_val[0], tmp_path)
+
+
+def test_resize_flip_pad_by_hand():
+    image = np.zeros((50, 100, 3), np.uint8)
+    masks = np.zeros((1, 50, 100), np.uint8)
+    masks[0, 10:20, 0:30] = 1
+    example = {"image": image, "boxes": np.array([[0, 10, 30, 20]], np.float32),
+               "classes": np.array([1], np.int32), "masks": masks,
+               "image_id": np.int64(5)}
+    # Fit (long 80, short 80): factor min(0.8, 1.6) = 0.8 -> 40x80, padded to 64x96.
+    out = resize_and_pad(example, (80, 80), 32, tf.constant(True))
+    assert out["images"].shape == (64, 96, 3) and out["masks"].shape == (1, 64, 96)
+    np.testing.assert_allclose(out["scales"], [0.8, 0.8])
+    np.testing.assert_allclose(out["boxes"], [[80 - 24, 8, 80, 16]])  # flipped in width 80
+    mask = np.asarray(out["masks"][0])
+    assert mask[8:16, 56:80].all() and mask.sum() == 8 * 24
+
+
+def test_image_without_objects():
+    example = {"image": np.zeros((50, 70, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
+               "classes": np.zeros((0,), np.int32), "masks": np.zeros((0, 50, 70), np.uint8),
+               "image_id": np.int64(1)}
+    out = resize_and_pad(example, (140, 100), 32, None)
+    assert out["images"].shape == (128, 160, 3) and out["masks"].shape == (0, 128, 160)
+
+
+def test_dataset_batches_padded_ground_truth(shapes_val):
+    dataset = load_coco(*shapes_val)
+    batch = next(iter(build_dataset(dataset, batch_size=3, max_size=(128, 128),
+                                    max_instances=8)))
+    assert batch["images"].shape == (3, 128, 128, 3)
+    assert batch["boxes"].shape == (3, 8, 4) and batch["masks"].shape == (3, 8, 128, 128)
+    counts = (np.asarray(batch["classes"]) > 0).sum(1)
+    np.testing.assert_array_equal(counts, [len(r.classes) for r in dataset.records[:3]])

@@ -1,0 +1,91 @@
+"""RoIAlign against a loop-by-loop NumPy port of mmcv's `roi_align(aligned=True)` kernel."""
+
+import numpy as np
+import pytest
+
+from keras_res2net.detection.modeling.roi_align import (
+    crop_masks,
+    multilevel_roi_align,
+    roi_levels,
+)
+
+
+def _bilinear(feature, y, x):
+    height, width = feature.shape[:2]
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return np.zeros(feature.shape[2])
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= height - 1:
+        y_low = y_high = height - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_low = x_high = width - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1 - ly, 1 - lx
+    return (hy * hx * feature[y_low, x_low] + hy * lx * feature[y_low, x_high]
+            + ly * hx * feature[y_high, x_low] + ly * lx * feature[y_high, x_high])
+
+
+def reference_roi_align(feature, roi, scale, out, samples):
+    x1, y1, x2, y2 = (v * scale - 0.5 for v in roi)
+    bin_h, bin_w = (y2 - y1) / out, (x2 - x1) / out
+    result = np.zeros((out, out, feature.shape[2]))
+    for ph in range(out):
+        for pw in range(out):
+            acc = 0.0
+            for iy in range(samples):
+                y = y1 + ph * bin_h + (iy + 0.5) * bin_h / samples
+                for ix in range(samples):
+                    x = x1 + pw * bin_w + (ix + 0.5) * bin_w / samples
+                    acc = acc + _bilinear(feature, y, x)
+            result[ph, pw] = acc / samples**2
+    return result
+
+
+def test_levels_follow_the_fpn_rule():
+    sides = np.array([10.0, 56.0, 111.9, 112.0, 224.0, 448.0, 2000.0])
+    rois = np.stack([np.zeros_like(sides), np.zeros_like(sides), sides, sides], -1)[None]
+    np.testing.assert_array_equal(roi_levels(rois, 2, 5), [[2, 2, 2, 3, 4, 5, 5]])
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_multilevel_matches_reference(samples):
+    rng = np.random.default_rng(0)
+    features = {"P2": rng.normal(size=(2, 16, 24, 3)).astype(np.float32),
+                "P3": rng.normal(size=(2, 8, 12, 3)).astype(np.float32),
+                "P4": rng.normal(size=(2, 4, 6, 3)).astype(np.float32),
+                "P5": rng.normal(size=(2, 2, 3, 3)).astype(np.float32)}
+    rois = np.array([[[0, 0, 96, 64],        # the whole image, at the border (P3)
+                      [90, 60, 96, 64],      # tiny box in the bottom-right corner (P2)
+                      [-20, -10, 30, 20],    # partly outside the image (P2)
+                      [10.3, 7.7, 10.9, 8.1],  # sub-pixel box
+                      [0, 0, 240, 250]],     # larger than the image: P4, mostly outside
+                     [[5, 5, 50, 40], [0, 0, 0, 0], [1, 2, 3, 4], [60, 0, 96, 64],
+                      [200, 0, 700, 500]]], np.float32)  # P5 ... wholly outside
+    pooled = np.asarray(multilevel_roi_align(features, rois, output_size=7,
+                                             sampling_ratio=samples))
+    assert pooled.shape == (2, 5, 7, 7, 3) and pooled.dtype == np.float32
+    levels = np.asarray(roi_levels(rois, 2, 5))
+    for b in range(2):
+        for r in range(5):
+            level = int(levels[b, r])
+            expected = reference_roi_align(features[f"P{level}"][b], rois[b, r],
+                                           2.0**-level, 7, samples)
+            np.testing.assert_allclose(pooled[b, r], expected, atol=1e-5,
+                                       err_msg=f"image {b} roi {r} level {level}")
+
+
+def test_crop_masks_picks_the_matched_mask():
+    masks = np.zeros((1, 2, 32, 32), np.uint8)
+    masks[0, 0, 8:24, 8:24] = 1
+    masks[0, 1, :, :16] = 1
+    boxes = np.array([[[8, 8, 24, 24], [0, 0, 32, 32]]], np.float32)
+    crops = np.asarray(crop_masks(masks, boxes, np.array([[0, 1]]), output_size=4))
+    np.testing.assert_allclose(crops[0, 0], np.ones((4, 4)))
+    np.testing.assert_allclose(crops[0, 1], np.tile([1.0, 1.0, 0.0, 0.0], (4, 1)))
