@@ -8,6 +8,7 @@ Converted `.weights.h5` files carry the same facts as HDF5 attributes (`ARCH_ATT
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import keras
@@ -16,6 +17,7 @@ from keras_res2net import variants
 from keras_res2net.checkpoints import assign_state_dict, normalize_state_dict, read_state_dict
 from keras_res2net.checkpoints.reader import is_torch_checkpoint
 
+LOGGER = logging.getLogger(__name__)
 CACHE_ENV = "KERAS_RES2NET_HOME"
 ARCH_ATTR = "keras_res2net_arch"
 
@@ -73,6 +75,7 @@ class TorchWeights:
         self.report = assign_state_dict(model, self.checkpoint.tensors, layout=self.layout,
                                         set_aside=self.checkpoint.set_aside,
                                         optional=optional)
+        LOGGER.info("%s: %s", self.path, self.report.summary())
 
 
 class KerasWeights:

@@ -130,3 +130,11 @@ def test_official_dla_project_layers_are_set_aside(save_safetensors):
     source.load_into(model)
     assert source.report.set_aside["level3.project.0.weight"].startswith("never used")
     assert source.report.assigned == len(manifest)
+
+
+def test_load_report_is_logged(save_safetensors, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="keras_res2net.weights"):
+        reduced_model(weights=save_safetensors(reduced_checkpoint()), include_top=False)
+    assert "loaded" in caplog.text and "fc.weight (classifier unused" in caplog.text
