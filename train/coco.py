@@ -4,8 +4,10 @@
         --data_dir data/shapes --model_dir runs/shapes
     python train/coco.py --experiment mask_rcnn_res2net50_fpn_synthetic --mode eval \
         --data_dir data/shapes --model_dir runs/shapes
+    TF_CONFIG=... python train/coco.py --experiment ... --strategy multi_worker ...
 
-Flags only; the work is in `keras_res2net.detection` (configs, task, trainer).
+Flags only; the work is in `keras_res2net.detection` (configs, task, trainer). Training runs
+under the classification trainer's tf.distribute strategies (`--strategy`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from keras_res2net.detection import configs, trainer
+from keras_res2net.detection.data import sources
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("experiment", "mask_rcnn_res2net50_fpn_synthetic",
@@ -25,6 +28,14 @@ flags.DEFINE_string("backbone_weights", None,
                     "Res2Net checkpoint (.pth, .safetensors, .weights.h5) for the backbone.")
 flags.DEFINE_integer("steps", None, "Override the experiment's number of training steps.")
 flags.DEFINE_integer("batch_size", None, "Override the global batch size.")
+flags.DEFINE_integer("max_size", None, "Override the image size: resized to fit NxN.")
+flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker",
+                                          "tpu"],
+                  "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_string("tpu", None, "TPU name or address for --strategy tpu.")
+flags.DEFINE_string("device", None, "Device for --strategy one_device (default: GPU 0 or CPU).")
+flags.DEFINE_integer("checkpoint_every", 200, "Save a checkpoint every N steps (and at each "
+                     "epoch end).")
 
 
 def main(argv) -> None:
@@ -37,12 +48,20 @@ def main(argv) -> None:
         config.train.warmup_steps = min(config.train.warmup_steps, FLAGS.steps // 4)
     if FLAGS.batch_size is not None:
         config.data.batch_size = FLAGS.batch_size
+    if FLAGS.max_size is not None:
+        config.data.max_size = (FLAGS.max_size, FLAGS.max_size)
+    chief = True
     if FLAGS.mode in ("train", "train_and_eval"):
-        task, model, _ = trainer.train(config, FLAGS.data_dir, FLAGS.model_dir,
-                                       backbone_weights=FLAGS.backbone_weights)
+        source = sources.open_source("coco_json", config, FLAGS.data_dir)
+        detector = trainer.DetectionTrainer(
+            config, source, FLAGS.model_dir, strategy=FLAGS.strategy,
+            backbone_weights=FLAGS.backbone_weights, checkpoint_every=FLAGS.checkpoint_every,
+            tpu=FLAGS.tpu, device=FLAGS.device)
+        detector.train()
+        task, model, chief = detector.task, detector.model, detector.chief
     else:
         task, model = trainer.load_trained(config, FLAGS.model_dir)
-    if FLAGS.mode in ("eval", "train_and_eval"):
+    if FLAGS.mode in ("eval", "train_and_eval") and chief:
         trainer.evaluate(task, model, FLAGS.data_dir)
 
 
