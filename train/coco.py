@@ -22,8 +22,18 @@ flags.DEFINE_string("experiment", "mask_rcnn_res2net50_fpn_synthetic",
                     "Registered experiment: " + ", ".join(configs.list_experiments()))
 flags.DEFINE_enum("mode", "train", ["train", "eval", "train_and_eval"], "What to run.")
 flags.DEFINE_string("data_dir", None, "Folder holding the COCO JSON files and image folders "
+                    "(or the TFDS data_dir, or the TFRecords) "
                     "named in the experiment's data config.", required=True)
 flags.DEFINE_string("model_dir", None, "Where weights are written and read.", required=True)
+flags.DEFINE_enum("data", "coco_json", list(sources.SOURCES),
+                  "Training data: COCO JSON + images under --data_dir, TFDS coco/2017 prepared "
+                  "in --data_dir (boxes only: faster_rcnn_* experiments), or Model Garden "
+                  "TFRecords (--tfrecord_pattern). Evaluation reads the COCO JSON val split.")
+flags.DEFINE_string("tfds_split", "train", "--data tfds: the split to train on.")
+flags.DEFINE_string("tfds_name", "coco/2017", "--data tfds: the dataset name.")
+flags.DEFINE_string("tfrecord_pattern", None, "--data tfrecord: file pattern (default "
+                    "DATA_DIR/train*.tfrecord*); labels are category ids, mapped through the "
+                    "val JSON's categories when present, else taken as 1..num_classes.")
 flags.DEFINE_string("backbone_weights", None,
                     "Res2Net checkpoint (.pth, .safetensors, .weights.h5) for the backbone.")
 flags.DEFINE_integer("steps", None, "Override the experiment's number of training steps.")
@@ -52,7 +62,11 @@ def main(argv) -> None:
         config.data.max_size = (FLAGS.max_size, FLAGS.max_size)
     chief = True
     if FLAGS.mode in ("train", "train_and_eval"):
-        source = sources.open_source("coco_json", config, FLAGS.data_dir)
+        source = sources.open_source(FLAGS.data, config, FLAGS.data_dir,
+                                     tfds_split=FLAGS.tfds_split, tfds_name=FLAGS.tfds_name,
+                                     tfrecord_pattern=FLAGS.tfrecord_pattern)
+        print(f"training data: {source.name} ({source.num_examples or 'unknown number of'} "
+              "images)", flush=True)
         detector = trainer.DetectionTrainer(
             config, source, FLAGS.model_dir, strategy=FLAGS.strategy,
             backbone_weights=FLAGS.backbone_weights, checkpoint_every=FLAGS.checkpoint_every,
