@@ -16,6 +16,7 @@ from absl import app, flags
 
 from keras_res2net.detection import configs, trainer
 from keras_res2net.detection.data import sources
+from keras_res2net.training.strategies import make_strategy
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("experiment", "mask_rcnn_res2net50_fpn_synthetic",
@@ -65,15 +66,16 @@ def main(argv) -> None:
         config.data.max_size = (FLAGS.max_size, FLAGS.max_size)
     chief = True
     if FLAGS.mode in ("train", "train_and_eval"):
+        # The strategy first: multi_worker configures collectives, before any TF op runs.
+        strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu, device=FLAGS.device)
         source = sources.open_source(FLAGS.data, config, FLAGS.data_dir,
                                      tfds_split=FLAGS.tfds_split, tfds_name=FLAGS.tfds_name,
                                      tfrecord_pattern=FLAGS.tfrecord_pattern)
         print(f"training data: {source.name} ({source.num_examples or 'unknown number of'} "
               "images)", flush=True)
         detector = trainer.DetectionTrainer(
-            config, source, FLAGS.model_dir, strategy=FLAGS.strategy,
-            backbone_weights=FLAGS.backbone_weights, checkpoint_every=FLAGS.checkpoint_every,
-            tpu=FLAGS.tpu, device=FLAGS.device)
+            config, source, FLAGS.model_dir, strategy=strategy,
+            backbone_weights=FLAGS.backbone_weights, checkpoint_every=FLAGS.checkpoint_every)
         detector.train()
         task, model, chief = detector.task, detector.model, detector.chief
     else:

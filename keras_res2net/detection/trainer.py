@@ -57,7 +57,11 @@ def resolve_steps(config: ExperimentConfig, num_examples: int | None) -> int | N
 
 
 class DetectionTrainer:
-    """Strategy, data, model, optimizer and checkpoints for one detection experiment."""
+    """Strategy, data, model, optimizer and checkpoints for one detection experiment.
+
+    `strategy` is a `tf.distribute.Strategy` or a `--strategy` name. Build a multi_worker
+    strategy before opening a TFDS or TFRecord source: collectives must be configured before
+    the first TF op runs (train/coco.py does so)."""
 
     def __init__(self, config: ExperimentConfig, source: TrainSource, model_dir, *,
                  strategy: str | tf.distribute.Strategy | None = None,
