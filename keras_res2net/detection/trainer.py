@@ -87,6 +87,9 @@ class DetectionTrainer:
         with self.strategy.scope():
             self.model = self.task.build_model(backbone_weights)
             self.optimizer = self.task.build_optimizer()
+            # Slots created here, mirrored, not lazily inside the first `strategy.run`
+            # (which fails with several local replicas).
+            self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.checkpoint_every = checkpoint_every
