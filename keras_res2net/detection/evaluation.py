@@ -2,16 +2,22 @@
 
 `CocoEvaluator` collects detections in original-image coordinates (boxes xyxy, contiguous
 classes 1..K, optional full-image binary masks), converts them to COCO results (xywh boxes,
-RLE masks) and runs `COCOeval`, which prints the summary table.
+RLE masks) and runs `COCOeval`, which prints the summary table. `evaluator="faster"` runs the
+same evaluation with faster-coco-eval's C++ `COCOeval_faster` instead (an opt-in accelerator,
+`pip install faster-coco-eval`; `tests/detection/test_evaluation.py` checks it gives
+pycocotools' 12 numbers).
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+EVALUATORS = ("pycocotools", "faster")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -19,7 +25,18 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
 class CocoEvaluator:
     """Accumulates detections for `coco` (a pycocotools COCO) and evaluates them."""
 
-    def __init__(self, coco: COCO, category_ids, iou_types=("bbox", "segm")):
+    def __init__(self, coco: COCO, category_ids, iou_types=("bbox", "segm"),
+                 evaluator: str = "pycocotools"):
+        if evaluator not in EVALUATORS:
+            raise ValueError(f"evaluator must be one of {', '.join(EVALUATORS)}; got "
+                             f"{evaluator!r}.")
+        if evaluator == "faster":
+            try:
+                import faster_coco_eval  # noqa: F401
+            except ImportError:
+                raise ImportError("evaluator 'faster' needs faster-coco-eval: pip install "
+                                  "'keras-res2net[detection]' or faster-coco-eval.") from None
+        self.evaluator = evaluator
         self.coco = coco
         self.category_ids = list(category_ids)
         self.iou_types = tuple(iou_types)
@@ -58,9 +75,8 @@ class CocoEvaluator:
             # Each type keeps only its own geometry, so loadRes takes the area from it
             # (the mask area for "segm"), as detectron2 does.
             drop = "bbox" if iou_type == "segm" else "segmentation"
-            detections = self.coco.loadRes(
-                [{k: v for k, v in r.items() if k != drop} for r in results])
-            evaluator = COCOeval(self.coco, detections, iou_type)
+            results = [{k: v for k, v in r.items() if k != drop} for r in results]
+            evaluator = self._cocoeval(results, iou_type)
             evaluator.params.imgIds = image_ids
             evaluator.evaluate()
             evaluator.accumulate()
@@ -71,3 +87,15 @@ class CocoEvaluator:
                                  for name, value in zip(STAT_NAMES, evaluator.stats,
                                                         strict=True)}
         return metrics
+
+    def _cocoeval(self, results: list[dict], iou_type: str):
+        """A `COCOeval` (pycocotools) or `COCOeval_faster` on ground truth and `results`."""
+        if self.evaluator == "faster":
+            import faster_coco_eval
+
+            if not hasattr(self, "_faster_gt"):
+                self._faster_gt = faster_coco_eval.COCO(self.coco.dataset, use_deepcopy=True)
+            detections = self._faster_gt.loadRes(copy.deepcopy(results))
+            return faster_coco_eval.COCOeval_faster(self._faster_gt, detections, iou_type,
+                                                    print_function=print)
+        return COCOeval(self.coco, self.coco.loadRes(results), iou_type)

@@ -13,7 +13,8 @@ import keras
 import tensorflow as tf
 
 
-def export_saved_model(model: keras.Model, path, size_divisor: int = 32) -> None:
+def export_saved_model(model: keras.Model, path, size_divisor: int = 32,
+                       verbose: bool = True) -> None:
     """Write `model` to `path` with the `serving_default` detection signature."""
 
     def serve(images):
@@ -27,4 +28,4 @@ def export_saved_model(model: keras.Model, path, size_divisor: int = 32) -> None
     archive.track(model)
     archive.add_endpoint("serving_default", serve, input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    archive.write_out(str(path))
+    archive.write_out(str(path), verbose=verbose)

@@ -143,12 +143,18 @@ class DetectionTask:
 
     # -- steps ----------------------------------------------------------------------------
     def train_step(self, inputs: dict, model: MaskRCNN,
-                   optimizer: keras.optimizers.Optimizer) -> dict:
-        """One optimisation step; returns the losses (wrap in `tf.function` to compile)."""
+                   optimizer: keras.optimizers.Optimizer, num_replicas: int = 1) -> dict:
+        """One optimisation step on this replica's batch; returns its (mean) losses.
+
+        Under `strategy.run` the optimizer sums the replicas' gradients, so each replica
+        differentiates its loss divided by `num_replicas`: the update is then that of the
+        loss averaged over the global batch. Wrap in `tf.function` to compile.
+        """
         with tf.GradientTape() as tape:
             losses = self.build_losses(model, inputs, training=True)
+            scaled = losses["total_loss"] / num_replicas
         variables = model.trainable_variables
-        grads = tape.gradient(losses["total_loss"], variables)
+        grads = tape.gradient(scaled, variables)
         pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         grads = [g for g, _ in pairs]
         if self.config.train.gradient_clip_norm:

@@ -3,6 +3,8 @@
     res2net-export --model res2net50_26w_4s --weights W.pth --format tflite --quantize int8 \\
         --calibration-data digits --output out/
     res2net-export --model runs/digits/model.keras --format onnx savedmodel --output out/
+    res2net-export --task detection --experiment mask_rcnn_res2net50_fpn_synthetic \
+        --checkpoint runs/shapes --format savedmodel --output out/
 
 Every option is checked before any model is loaded; each artifact is then written to a staging
 path, loaded with its own runtime, compared with the Keras model on sample images and only then
@@ -18,6 +20,9 @@ import os
 import sys
 
 FORMATS = ("savedmodel", "keras", "tflite", "onnx", "tensorrt")
+# The two-stage detector's NMS, top-k and RoIAlign with data-dependent shapes have no faithful
+# TFLite/ONNX/TensorRT lowering here; its SavedModel serves detections after NMS.
+DETECTION_FORMATS = ("savedmodel",)
 WEIGHT_SUFFIXES = (".h5", ".pth", ".pt", ".bin", ".safetensors")
 
 
@@ -29,8 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="res2net-export", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--task", choices=("classification", "detection"),
+                        default="classification",
+                        help="classification (default): --model; detection: --experiment and "
+                        "--checkpoint")
+    parser.add_argument("--model",
                         help="a variant name (res2net50_26w_4s, ...) or a saved .keras model")
+    parser.add_argument("--experiment", help="--task detection: a registered detection "
+                        "experiment (keras_res2net.detection.configs.list_experiments())")
+    parser.add_argument("--checkpoint", help="--task detection: the training --model_dir "
+                        "(holding detector.weights.h5) or a .weights.h5 file")
     parser.add_argument("--weights", help="with a variant name: .pth/.safetensors checkpoint, "
                         ".weights.h5, or 'imagenet' (converted cache)")
     parser.add_argument("--format", nargs="+", required=True, metavar="FORMAT",
@@ -73,6 +86,9 @@ class Plan:
 
 
 def plan_outputs(args: argparse.Namespace) -> Plan:
+    if args.task == "detection":
+        return Plan(args.experiment, {"savedmodel": os.path.join(
+            args.output, f"{args.experiment}_savedmodel")})
     if args.model.endswith(".keras"):
         stem = os.path.splitext(os.path.basename(args.model))[0]
     else:
@@ -107,7 +123,14 @@ def validate(args: argparse.Namespace) -> Plan:
         raise OptionError(f"unknown format {', '.join(unknown)}: choose from "
                           f"{', '.join(FORMATS)}.")
     formats = set(args.format)
-    if args.model.endswith(".keras"):
+    if args.task == "detection":
+        validate_detection(args)
+    elif not args.model:
+        raise OptionError("--model is required (a variant name or a .keras file); for a "
+                          "detector use --task detection --experiment NAME --checkpoint DIR.")
+    elif args.experiment or args.checkpoint:
+        raise OptionError("--experiment and --checkpoint go with --task detection.")
+    elif args.model.endswith(".keras"):
         if not os.path.isfile(args.model):
             raise OptionError(f"--model {args.model}: no such file.")
         if args.weights:
@@ -160,6 +183,45 @@ def validate(args: argparse.Namespace) -> Plan:
     return plan
 
 
+def validate_detection(args: argparse.Namespace) -> None:
+    """The checks of `--task detection`, before any model is built."""
+    unsupported = [fmt for fmt in args.format if fmt not in DETECTION_FORMATS]
+    if unsupported:
+        raise OptionError(f"--task detection exports only {', '.join(DETECTION_FORMATS)}; "
+                          f"{', '.join(unsupported)} is not supported for the two-stage "
+                          "detector (its NMS and RoIAlign have data-dependent shapes). Serve "
+                          "the SavedModel with TensorFlow or TF Serving.")
+    if args.model or args.weights:
+        raise OptionError("--task detection takes --experiment and --checkpoint, not "
+                          "--model/--weights.")
+    classification_only = {"--quantize": args.quantize, "--int8-io": args.int8_io or None,
+                           "--calibration-data": args.calibration_data,
+                           "--include-preprocessing": args.include_preprocessing or None,
+                           "--input-size": args.input_size, "--classes": args.classes,
+                           "--layers": args.layers, "--base-width": args.base_width,
+                           "--scale": args.scale}
+    given = [flag for flag, value in classification_only.items() if value is not None]
+    if given:
+        raise OptionError(f"{', '.join(given)} do(es) not apply to --task detection.")
+    from keras_res2net.detection import configs
+
+    if args.experiment not in configs.list_experiments():
+        raise OptionError(f"--experiment {args.experiment}: choose a registered detection "
+                          f"experiment ({', '.join(configs.list_experiments())}).")
+    if not args.checkpoint:
+        raise OptionError("--task detection needs --checkpoint: the training --model_dir or "
+                          "a .weights.h5 file.")
+    if os.path.isdir(args.checkpoint):
+        from keras_res2net.detection.trainer import WEIGHTS
+
+        if not os.path.isfile(os.path.join(args.checkpoint, WEIGHTS)):
+            raise OptionError(f"--checkpoint {args.checkpoint}: no {WEIGHTS} in it (written "
+                              "by train/coco.py at the end of training).")
+    elif not (os.path.isfile(args.checkpoint) and args.checkpoint.endswith(".weights.h5")):
+        raise OptionError(f"--checkpoint {args.checkpoint}: neither a folder nor a "
+                          ".weights.h5 file.")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -169,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as err:
         print(f"res2net-export: error: {err}", file=sys.stderr)
         return 2
-    from keras_res2net.export.runner import run_exports
+    if args.task == "detection":
+        from keras_res2net.export.detection import run_exports
+    else:
+        from keras_res2net.export.runner import run_exports
 
     try:
         results = run_exports(args, plan)

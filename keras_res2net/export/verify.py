@@ -52,13 +52,14 @@ class CheckResult:
     passed: bool = False
     notes: list[str] = dataclasses.field(default_factory=list)
     error: str = ""
+    agreement_name: str = "top-1 agreement"  # detection: "class agreement"
 
     def line(self) -> str:
         status = "ok" if self.passed else "FAILED"
         if self.error and not self.samples:
             return f"[{status}] {self.format:<14} {self.path}: {self.error}"
         text = (f"[{status}] {self.format:<14} {human_size(self.size_bytes):>9}  "
-                f"max|diff| {self.max_abs_diff:.2e}  top-1 agreement {self.agreement:7.2%} "
+                f"max|diff| {self.max_abs_diff:.2e}  {self.agreement_name} {self.agreement:7.2%} "
                 f"({self.samples} images)  median latency {self.latency_ms:7.2f} ms  "
                 f"[{self.bound}]  {self.path}")
         return text + (f"\n         {self.error}" if self.error else "")

@@ -49,6 +49,30 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()[:16]
 
 
+def make_stat_sync(strategy: tf.distribute.Strategy, variables: list):
+    """A function averaging `variables` (BatchNorm moving statistics) over all replicas.
+
+    Keras 3 keeps BatchNorm moving statistics per replica (each worker its own); averaging
+    them, as Keras 2's on-read MEAN variables did, makes every replica hold the same model.
+    A no-op with one replica. Shared by the classification and detection trainers.
+    """
+    if strategy.num_replicas_in_sync == 1 or not variables:
+        return lambda: None
+
+    def replica_sync():
+        context = tf.distribute.get_replica_context()
+        local = [tf.identity(v.value) for v in variables]
+        means = context.all_reduce(tf.distribute.ReduceOp.MEAN, local)
+        for variable, mean in zip(variables, means, strict=True):
+            variable.assign(mean)
+
+    @tf.function
+    def sync():
+        strategy.run(replica_sync)
+
+    return sync
+
+
 class Trainer:
     """Builds strategy, data, model, optimizer and checkpoints for a resolved `TrainConfig`."""
 
@@ -156,24 +180,7 @@ class Trainer:
         return eval_step
 
     def _make_sync_fn(self):
-        # Keras 3 keeps BatchNorm moving statistics per replica (each worker its own); average
-        # them, as Keras 2's on-read MEAN variables did, so every replica holds the same model.
-        variables = self.model.non_trainable_variables
-        if self.strategy.num_replicas_in_sync == 1 or not variables:
-            return lambda: None
-
-        def replica_sync():
-            context = tf.distribute.get_replica_context()
-            local = [tf.identity(v.value) for v in variables]
-            means = context.all_reduce(tf.distribute.ReduceOp.MEAN, local)
-            for variable, mean in zip(variables, means, strict=True):
-                variable.assign(mean)
-
-        @tf.function
-        def sync():
-            self.strategy.run(replica_sync)
-
-        return sync
+        return make_stat_sync(self.strategy, self.model.non_trainable_variables)
 
     # -- checkpoints ------------------------------------------------------------------------
     def restore(self) -> int:

@@ -33,3 +33,34 @@ def test_shifted_boxes_lose_the_strict_thresholds(shapes_val):
     assert metrics["AP50"] == pytest.approx(1.0)
     assert metrics["AP75"] == pytest.approx(0.0)
     assert metrics["AP"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.23])
+def test_faster_coco_eval_matches_pycocotools(shapes_val, shift):
+    """The opt-in C++ evaluator gives the 12 numbers pycocotools gives (boxes and masks)."""
+    pytest.importorskip("faster_coco_eval")
+    dataset = load_coco(*shapes_val)
+    rng = np.random.default_rng(1)
+    evaluators = {name: CocoEvaluator(dataset.coco, dataset.category_ids, evaluator=name)
+                  for name in ("pycocotools", "faster")}
+    for record in dataset.records:
+        boxes = record.boxes.copy()
+        widths = boxes[:, 2] - boxes[:, 0]
+        boxes[:, [0, 2]] += shift * widths[:, None]
+        boxes += rng.normal(0, 1.5, boxes.shape)  # imperfect detections, varied IoUs
+        masks = np.roll(record.load_masks(), int(round(shift * 10)), axis=2)
+        scores = rng.uniform(0.1, 1.0, len(boxes))
+        for evaluator in evaluators.values():
+            evaluator.add(record.image_id, boxes, scores, record.classes, masks)
+    expected = evaluators["pycocotools"].evaluate(verbose=False)
+    got = evaluators["faster"].evaluate(verbose=False)
+    assert expected["bbox"]["AP"] > 0.1  # not a degenerate comparison
+    for iou_type in ("bbox", "segm"):
+        for name, value in expected[iou_type].items():
+            assert got[iou_type][name] == pytest.approx(value, abs=1e-6), (iou_type, name)
+
+
+def test_unknown_evaluator_is_refused(shapes_val):
+    dataset = load_coco(*shapes_val)
+    with pytest.raises(ValueError, match="evaluator must be one of"):
+        CocoEvaluator(dataset.coco, dataset.category_ids, evaluator="fast")

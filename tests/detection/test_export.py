@@ -25,3 +25,62 @@ def test_saved_model_serves_detections(tmp_path):
     assert served["masks"].shape == (1, 100, 28, 28)
     for key in ("boxes", "scores", "classes", "num_detections"):
         np.testing.assert_allclose(served[key], expected[key], atol=1e-4, err_msg=key)
+
+
+def _trained_dir(tmp_path):
+    """A model folder as train/coco.py leaves it (fresh weights of the synthetic experiment)."""
+    from keras_res2net.detection.trainer import WEIGHTS
+
+    config = configs.get_experiment("mask_rcnn_res2net50_fpn_synthetic")
+    model = DetectionTask(config).build_model()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    model.save_weights(folder / WEIGHTS)
+    return folder
+
+
+def test_export_cli_writes_and_checks_the_detection_saved_model(tmp_path, capsys):
+    from keras_res2net.export import cli
+
+    checkpoint = _trained_dir(tmp_path)
+    code = cli.main(["--task", "detection", "--experiment", "mask_rcnn_res2net50_fpn_synthetic",
+                     "--checkpoint", str(checkpoint), "--format", "savedmodel", "--output",
+                     str(tmp_path / "out"), "--latency-runs", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    line = next(text for text in out.splitlines() if text.startswith("[ok] savedmodel"))
+    assert "class agreement 100.00% (3 images)" in line
+    path = tmp_path / "out" / "mask_rcnn_res2net50_fpn_synthetic_savedmodel"
+    assert (path / "saved_model.pb").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [path.name]  # no staging left
+    served = tf.saved_model.load(str(path)).signatures["serving_default"]
+    outputs = served(images=tf.zeros((1, 64, 64, 3), tf.uint8))
+    assert set(outputs) == {"boxes", "scores", "classes", "num_detections", "masks"}
+
+
+def test_export_cli_refuses_detection_formats_it_cannot_serve(tmp_path, capsys):
+    from keras_res2net.export import cli
+
+    for fmt in ("tflite", "onnx", "tensorrt"):
+        code = cli.main(["--task", "detection", "--experiment",
+                         "mask_rcnn_res2net50_fpn_synthetic", "--checkpoint", str(tmp_path),
+                         "--format", "savedmodel", fmt, "--output", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{fmt} is not supported for the two-stage detector" in err, err
+    code = cli.main(["--task", "detection", "--experiment", "mask_rcnn_res2net50_fpn_synthetic",
+                     "--checkpoint", str(tmp_path), "--format", "savedmodel"])
+    assert code == 2 and "no detector.weights.h5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_detections_reports_differences():
+    from keras_res2net.export.detection import compare_detections
+
+    reference = {"num_detections": np.array([2]), "boxes": np.array([[[0, 0, 10, 10],
+                                                                       [5, 5, 8, 8.0]]]),
+                 "classes": np.array([[1, 2]])}
+    moved = {**reference, "boxes": reference["boxes"] + [[[0, 0, 0, 0.5], [0, 0, 0, 0]]],
+             "classes": np.array([[1, 3]])}
+    assert compare_detections(reference, moved) == (0.5, 0.5, "")
+    fewer = {**reference, "num_detections": np.array([1])}
+    assert "detection counts differ" in compare_detections(reference, fewer)[2]

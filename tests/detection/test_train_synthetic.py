@@ -22,8 +22,7 @@ def test_small_mask_rcnn_learns_shapes(tmp_path):
     config.train.warmup_steps = 30
     config.train.decay_steps = (120, 140)
     start = time.time()
-    task, model, seconds_per_step = trainer.train(config, data_dir, tmp_path / "run",
-                                                  log_every=50)
+    task, model, seconds_per_step = trainer.train(config, data_dir, tmp_path / "run")
     metrics = trainer.evaluate(task, model, data_dir)
     print(f"box AP50 {metrics['bbox']['AP50']:.3f}, mask AP50 {metrics['segm']['AP50']:.3f}, "
           f"{seconds_per_step:.2f} s/step, {time.time() - start:.0f} s in all")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from loopback import script_env, script_popen
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,13 +19,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = os.path.join(ROOT, "train", "imagenet.py")
 TINY_FLAGS = ["--data", "digits", "--layers", "1,1,1,1", "--base_width", "4",
               "--batch_size", "32"]
-
-
-def script_env(**extra: str) -> dict:
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2",
-               CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
 
 
 class TrainScript:
@@ -37,10 +31,7 @@ class TrainScript:
         return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
                               timeout=timeout, env=script_env(**env), cwd=ROOT)
 
-    @staticmethod
-    def popen(args: list[str], **kwargs) -> subprocess.Popen:
-        env = script_env(**kwargs.pop("env", {}))
-        return subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, **kwargs)
+    popen = staticmethod(script_popen(os.path.join("train", "imagenet.py")))
 
 
 @pytest.fixture

@@ -1,0 +1,104 @@
+"""Where training examples come from: COCO JSON + images, TFDS `coco/2017`, or TFRecords.
+
+Each source yields raw examples (`{"image", "boxes", "classes", "masks", "image_id"}`, see
+`pipeline.raw_dataset`) as a fresh `tf.data.Dataset` on every call, so that each input
+pipeline of a `tf.distribute` strategy can build (and shard) its own. `num_examples` sets the
+length of an epoch when it is known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import tensorflow as tf
+
+from keras_res2net.detection.configs import ExperimentConfig
+
+SOURCES = ("coco_json", "tfds", "tfrecord")
+
+
+@dataclasses.dataclass
+class TrainSource:
+    """Raw training examples and, when known, how many there are."""
+
+    name: str
+    raw: Callable[[], tf.data.Dataset]
+    num_examples: int | None
+    cacheable: bool = False  # small enough to keep decoded in memory
+
+
+def coco_json_source(config: ExperimentConfig, data_dir) -> TrainSource:
+    """The experiment's training JSON and image folder under `data_dir` (checked up front)."""
+    from keras_res2net.detection.data.coco import load_coco
+    from keras_res2net.detection.data.pipeline import raw_dataset
+
+    data = config.data
+    dataset = load_coco(Path(data_dir) / data.train_json, Path(data_dir) / data.train_images,
+                        needs_masks=config.model.include_mask)
+    count = len(dataset.records)
+    return TrainSource("coco_json", lambda: raw_dataset(dataset, data.max_instances), count,
+                       cacheable=count <= 5000)
+
+
+def tfds_source(config: ExperimentConfig, data_dir, split: str = "train",
+                name: str = "coco/2017") -> TrainSource:
+    """TFDS COCO (prepared under `data_dir`); boxes only, so Faster R-CNN experiments only."""
+    if config.model.include_mask:
+        raise ValueError("--data tfds has no instance masks (TFDS coco/2017 stores boxes "
+                         "only): train a faster_rcnn_* experiment, or use --data coco_json or "
+                         "tfrecord for Mask R-CNN.")
+    from keras_res2net.detection.data import tfds_coco
+
+    tfds_coco.load(split, data_dir=data_dir, name=name)  # fails now if it is not prepared
+    return TrainSource(f"tfds {name}:{split}",
+                       lambda: tfds_coco.load(split, data_dir=data_dir, name=name),
+                       _tfds_count(name, split, data_dir))
+
+
+def _tfds_count(name: str, split: str, data_dir) -> int | None:
+    import tensorflow_datasets as tfds
+
+    try:
+        count = tfds.builder(name, data_dir=data_dir).info.splits[split].num_examples
+    except Exception:  # metadata not prepared (or a mocked builder): length unknown
+        return None
+    return int(count) or None
+
+
+def category_ids_for(config: ExperimentConfig, data_dir) -> list[int]:
+    """Dataset category ids in class order: from the experiment's validation JSON under
+    `data_dir` when there is one (as COCO's 80 ids out of 1..90), else 1..num_classes."""
+    path = Path(data_dir) / config.data.val_json
+    if path.is_file():
+        import json
+
+        with open(path) as f:
+            return sorted(int(c["id"]) for c in json.load(f)["categories"])
+    return list(range(1, config.model.num_classes + 1))
+
+
+def tfrecord_source(config: ExperimentConfig, data_dir,
+                    pattern: str | None = None) -> TrainSource:
+    """Model Garden-style TFRecords (`pattern`, default `data_dir/train*.tfrecord*`)."""
+    from keras_res2net.detection.data import tf_example
+
+    pattern = pattern or str(Path(data_dir) / "train*.tfrecord*")
+    category_ids = category_ids_for(config, data_dir)
+    tf_example.load(pattern, category_ids)  # fails now if no file matches
+    return TrainSource(f"tfrecord {pattern}", lambda: tf_example.load(pattern, category_ids),
+                       None)
+
+
+def open_source(kind: str, config: ExperimentConfig, data_dir, *,
+                tfds_split: str = "train", tfds_name: str = "coco/2017",
+                tfrecord_pattern: str | None = None) -> TrainSource:
+    """The `TrainSource` of `--data kind`."""
+    if kind == "coco_json":
+        return coco_json_source(config, data_dir)
+    if kind == "tfds":
+        return tfds_source(config, data_dir, tfds_split, tfds_name)
+    if kind == "tfrecord":
+        return tfrecord_source(config, data_dir, tfrecord_pattern)
+    raise ValueError(f"--data {kind!r}: choose from {', '.join(SOURCES)}.")

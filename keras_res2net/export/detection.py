@@ -1,0 +1,113 @@
+"""`res2net-export --task detection`: the detector's SavedModel, checked like every artifact.
+
+The trained detector (experiment + `detector.weights.h5`) is written with
+`detection.export.export_saved_model` to a staging path (`verify.staged_path`), reloaded with
+`tf.saved_model.load`, run on a few generated shapes images and compared with the Keras
+model's own detections on the same images: equal detection counts, the classes of the
+detections (agreement) and the largest box coordinate difference, bounded as float32
+artifacts are (`verify.FLOAT_TOLERANCE` of the box scale). Only a passing artifact is moved to
+the output path; one report line, then the summary table, as for the classifiers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from keras_res2net.export import verify
+from keras_res2net.export.cli import Plan
+
+CHECK_IMAGES = 3
+MAX_CHECK_SIZE = 512  # check images are square, the experiment's short side up to this
+
+
+def check_images(size: int, count: int = CHECK_IMAGES, seed: int = 0) -> np.ndarray:
+    """`count` generated shapes images (uint8, size x size), deterministic by `seed`."""
+    from keras_res2net.detection.data.synthetic import make_image
+
+    rng = np.random.default_rng(seed)
+    return np.stack([make_image(rng, size, 4)[0] for _ in range(count)])
+
+
+def compare_detections(reference: dict, served: dict) -> tuple[float, float, str]:
+    """(boxes max|diff|, class agreement, problem or "") over the valid detections."""
+    ref_count = np.asarray(reference["num_detections"]).astype(int)
+    out_count = np.asarray(served["num_detections"]).astype(int)
+    if not np.array_equal(ref_count, out_count):
+        return float("inf"), 0.0, (f"detection counts differ: {out_count.tolist()} vs the "
+                                   f"model's {ref_count.tolist()}")
+    diffs, agree, total = [0.0], 0, 0
+    for i, count in enumerate(ref_count):
+        ref_boxes = np.asarray(reference["boxes"])[i, :count]
+        out_boxes = np.asarray(served["boxes"])[i, :count]
+        if not np.all(np.isfinite(out_boxes)):
+            return float("inf"), 0.0, "non-finite boxes"
+        if count:
+            diffs.append(float(np.max(np.abs(out_boxes - ref_boxes))))
+        agree += int(np.sum(np.asarray(served["classes"])[i, :count]
+                            == np.asarray(reference["classes"])[i, :count]))
+        total += int(count)
+    return max(diffs), (agree / total if total else 1.0), ""
+
+
+def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult]:
+    """Export and check the detection SavedModel; print its line and the summary table."""
+    import tensorflow as tf
+
+    from keras_res2net.detection import configs
+    from keras_res2net.detection.export import export_saved_model
+    from keras_res2net.detection.task import DetectionTask
+    from keras_res2net.detection.trainer import WEIGHTS
+
+    config = configs.get_experiment(args.experiment)
+    model = DetectionTask(config).build_model()
+    weights = args.checkpoint
+    if os.path.isdir(weights):
+        weights = os.path.join(weights, WEIGHTS)
+    model.load_weights(weights)
+    size = min(min(config.data.max_size), MAX_CHECK_SIZE)
+    divisor = config.data.size_divisor
+    images = check_images(size)
+    padded_size = -(-size // divisor) * divisor
+    padded = np.zeros((len(images), padded_size, padded_size, 3), np.float32)
+    padded[:, :size, :size] = images
+    reference = {k: np.asarray(v) for k, v in model(padded, training=False).items()}
+    outputs = ", ".join(sorted(reference))
+    print(f"{args.experiment}: input uint8 RGB images (batch, height, width, 3), outputs "
+          f"{outputs}; checked on {len(images)} generated {size}x{size} shapes images")
+    path = plan.paths["savedmodel"]
+    result = verify.CheckResult("savedmodel", path, agreement_name="class agreement")
+    try:
+        with verify.staged_path(path, args.force) as temp:
+            export_saved_model(model, temp, size_divisor=divisor, verbose=False)
+            result.size_bytes = verify.path_size(temp)
+            serve = tf.saved_model.load(temp).signatures["serving_default"]
+
+            def run(batch: np.ndarray) -> dict:
+                return {k: v.numpy() for k, v in serve(images=tf.constant(batch)).items()}
+
+            served = run(images)
+            result.samples = len(images)
+            result.max_abs_diff, result.agreement, problem = compare_detections(reference,
+                                                                               served)
+            tolerance = verify.FLOAT_TOLERANCE * max(1.0, float(np.max(np.abs(
+                reference["boxes"]))))
+            result.bound = f"boxes |diff| <= {tolerance:.1e}, classes equal"
+            result.passed = (not problem and result.max_abs_diff <= tolerance
+                             and result.agreement == 1.0)
+            if not result.passed:
+                result.error = f"check failed: {problem or 'outside the bound ' + result.bound}"
+                raise verify.ExportError(result.error)
+            if args.latency_runs:
+                result.latency_ms = verify.median_latency_ms(run, images[:1],
+                                                             args.latency_runs)
+    except Exception as err:
+        result.passed = False
+        result.error = result.error or f"export failed: {type(err).__name__}: {err}"
+        result.error += " (nothing written)"
+    print(result.line())
+    print()
+    print(verify.summary_table([result]))
+    return [result]
