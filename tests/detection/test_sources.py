@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from test_tfds_coco import _examples
+from mock_coco import coco_examples
 
 from keras_res2net.detection import configs, trainer
 from keras_res2net.detection.data import sources, tf_example
@@ -41,7 +41,7 @@ def test_tfds_source_feeds_the_distributed_pipeline(tmp_path):
     config.data.max_size = (64, 64)
     config.data.batch_size = 2
     config.train.steps, config.train.warmup_steps, config.train.decay_steps = 2, 1, ()
-    with tfds.testing.mock_data(as_dataset_fn=_examples):
+    with tfds.testing.mock_data(as_dataset_fn=coco_examples):
         source = sources.open_source("tfds", config, tmp_path)
         detector = trainer.DetectionTrainer(config, source, tmp_path / "run")
         dist = detector.strategy.distribute_datasets_from_function(detector._dataset)

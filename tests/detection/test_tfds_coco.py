@@ -5,33 +5,15 @@ examples whose `bbox`, `label` and `is_crowd` agree, as real COCO does.
 """
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
+from mock_coco import coco_examples
 
 from keras_res2net.detection.data import tfds_coco
 from keras_res2net.detection.data.pipeline import build_dataset
 
 
-def _examples(*args, **kwargs):
-    del args, kwargs
-    image = np.zeros((2, 40, 80, 3), np.uint8)
-    return tf.data.Dataset.from_tensor_slices({
-        "image": image,
-        "image/id": np.array([11, 12], np.int64),
-        "image/filename": np.array([b"a.jpg", b"b.jpg"]),
-        "objects": {
-            "bbox": np.array([[[0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.5, 0.5]],
-                              [[0.1, 0.1, 0.2, 0.2], [0.5, 0.5, 1.0, 1.0]]], np.float32),
-            "label": np.array([[0, 79], [3, 4]], np.int64),
-            "is_crowd": np.array([[False, True], [False, False]]),
-            "area": np.array([[1, 1], [1, 1]], np.int64),
-            "id": np.array([[1, 2], [3, 4]], np.int64),
-        },
-    })
-
-
 def test_mock_coco_loads_into_the_pipeline():
-    with tfds.testing.mock_data(as_dataset_fn=_examples):
+    with tfds.testing.mock_data(as_dataset_fn=coco_examples):
         raw = tfds_coco.load("train")
         first = next(iter(raw))
         # Crowd object dropped; (ymin, xmin, ymax, xmax) normalised -> xyxy pixels; label + 1.
