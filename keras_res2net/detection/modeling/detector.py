@@ -86,20 +86,20 @@ class MaskRCNN(keras.Model):
         valid_mask = ops.arange(post_nms_topk)[None, :] < ops.cast(valid, "int32")[:, None]
         return ops.stop_gradient(nms_boxes), valid_mask
 
+    def _pool_rois(self, features: dict, rois, output_size: int):
+        """Multi-level RoIAlign of `rois` (no gradient through the boxes themselves)."""
+        return multilevel_roi_align({lv: features[lv] for lv in ROI_LEVELS},
+                                    ops.stop_gradient(rois), output_size=output_size,
+                                    sampling_ratio=self.config.roi.sampling_ratio)
+
     def box_branch(self, features: dict, rois, training: bool = False):
         """Class logits (B, N, K+1) and class-specific deltas (B, N, K, 4) for RoIs."""
-        roi = self.config.roi
-        pooled = multilevel_roi_align({lv: features[lv] for lv in ROI_LEVELS},
-                                      ops.stop_gradient(rois), output_size=roi.box_pool_size,
-                                      sampling_ratio=roi.sampling_ratio)
+        pooled = self._pool_rois(features, rois, self.config.roi.box_pool_size)
         return self.box_head(pooled, training=training)
 
     def mask_branch(self, features: dict, rois, training: bool = False):
         """Mask logits (B, N, 28, 28, K) for RoIs."""
-        roi = self.config.roi
-        pooled = multilevel_roi_align({lv: features[lv] for lv in ROI_LEVELS},
-                                      ops.stop_gradient(rois), output_size=roi.mask_pool_size,
-                                      sampling_ratio=roi.sampling_ratio)
+        pooled = self._pool_rois(features, rois, self.config.roi.mask_pool_size)
         return self.mask_head(pooled, training=training)
 
     # -- inference ------------------------------------------------------------------------
