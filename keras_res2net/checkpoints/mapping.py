@@ -56,8 +56,8 @@ def _conv_kernel(arrays: list[np.ndarray]) -> np.ndarray:
     return np.transpose(np.concatenate(arrays, axis=0), (2, 3, 1, 0))
 
 
-def _sources(layer, tensors: dict) -> tuple[list[list[str]], callable]:
-    """For each variable of `layer`: the checkpoint keys that fill it, and the transform."""
+def _sources(layer, tensors: dict) -> list[list[str]]:
+    """For each variable of `layer`: the checkpoint keys that fill it (`_convert` lays them out)."""
     prefix = torch_prefix(layer.name)
     fused = layer.name.endswith(("_convs", "_bns"))
     if isinstance(layer, layers.BatchNormalization):
@@ -65,14 +65,14 @@ def _sources(layer, tensors: dict) -> tuple[list[list[str]], callable]:
             keys = [_indexed(tensors, prefix, field) for field in _BN_FIELDS]
         else:
             keys = [[f"{prefix}.{field}"] for field in _BN_FIELDS]
-        return keys, lambda arrays: np.concatenate(arrays, axis=0)
+        return keys
     if isinstance(layer, layers.Conv2D):
         keys = [_indexed(tensors, prefix, "weight") if fused else [f"{prefix}.weight"]]
         if layer.use_bias:
             keys.append([f"{prefix}.bias"])
-        return keys, None
+        return keys
     if isinstance(layer, layers.Dense):
-        return [[f"{prefix}.weight"], [f"{prefix}.bias"]], None
+        return [[f"{prefix}.weight"], [f"{prefix}.bias"]]
     raise TypeError(f"No checkpoint mapping for layer {layer.name} ({type(layer).__name__}).")
 
 
@@ -101,7 +101,7 @@ def assign_state_dict(model, tensors: dict, *, layout: str, set_aside: dict | No
     for layer in model.layers:
         if not layer.weights:
             continue
-        keys_per_var, _ = _sources(layer, tensors)
+        keys_per_var = _sources(layer, tensors)
         if len(keys_per_var) != len(layer.weights):
             raise TypeError(f"Unexpected variables in layer {layer.name}.")
         values = []
