@@ -1,8 +1,10 @@
 """Experiment configurations: plain dataclasses and a registry of named experiments.
 
 The defaults are mmdetection's Mask R-CNN R2-101-FPN 2x (the seed's detection table);
-`faster_rcnn_*` drops the mask branch. `*_synthetic` experiments shrink everything so a
-CPU can train them in minutes on the generated shapes dataset.
+`faster_rcnn_*` drops the mask branch; `cascade_*` and `htc_*` set `ModelConfig.cascade`
+(and `.htc`), mmdetection's Cascade R-CNN, Cascade Mask R-CNN and HTC 20e configs.
+`*_synthetic` experiments shrink everything so a CPU can train them in minutes on the
+generated shapes dataset.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class RPNConfig:
     post_nms_topk: int = 1000
     nms_iou: float = 0.7
     train_post_nms_topk: int | None = None  # None: same as post_nms_topk
+    smooth_l1_beta: float = 0.0  # 0: L1 box loss (Mask R-CNN); cascades use 1/9
 
 
 @dataclasses.dataclass
@@ -53,6 +56,46 @@ class ROIConfig:
     mask_pool_size: int = 14
     sampling_ratio: int = 2
     box_stds: tuple = (0.1, 0.1, 0.2, 0.2)
+    smooth_l1_beta: float = 0.0  # 0: L1 box loss (Mask R-CNN); cascades use 1.0
+
+
+@dataclasses.dataclass
+class CascadeConfig:
+    """Cascade R-CNN stages: each re-assigns and re-samples RoIs at a stricter IoU.
+
+    `ROIConfig` still gives the sampler (512 RoIs, 25% positives, ground truth added) and
+    pooling; these fields replace its single IoU threshold and box stds per stage.
+    """
+
+    stage_ious: tuple = (0.5, 0.6, 0.7)
+    stage_loss_weights: tuple = (1.0, 0.5, 0.25)
+    stage_box_stds: tuple = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1),
+                             (0.033, 0.033, 0.067, 0.067))
+    class_agnostic: bool = True
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_ious)
+
+
+@dataclasses.dataclass
+class HTCConfig:
+    """Hybrid Task Cascade on top of a `CascadeConfig` with masks.
+
+    `interleaved`: stage t's mask head trains on RoIs refined by stage t's box head.
+    `mask_info_flow`: each mask head adds the previous stages' mask features to its input.
+    `semantic`: a fused semantic head on P2..P6 (COCO-Stuff: 183 classes, 255 ignored,
+    loss weight 0.2) whose RoI features are added to the box and mask RoI features; it needs
+    semantic maps in the data (`DataConfig.train_semantic`).
+    """
+
+    interleaved: bool = True
+    mask_info_flow: bool = True
+    semantic: bool = True
+    semantic_classes: int = 183
+    semantic_loss_weight: float = 0.2
+    semantic_channels: int = 256
+    semantic_convs: int = 4
 
 
 @dataclasses.dataclass
@@ -80,6 +123,17 @@ class ModelConfig:
     roi: ROIConfig = dataclasses.field(default_factory=ROIConfig)
     heads: HeadConfig = dataclasses.field(default_factory=HeadConfig)
     detection: DetectionConfig = dataclasses.field(default_factory=DetectionConfig)
+    cascade: CascadeConfig | None = None  # None: one box stage (Faster / Mask R-CNN)
+    htc: HTCConfig | None = None  # needs `cascade` and `include_mask`
+
+    @property
+    def architecture(self) -> str:
+        """'htc', 'cascade_mask_rcnn', 'cascade_rcnn', 'mask_rcnn' or 'faster_rcnn'."""
+        if self.htc is not None:
+            return "htc"
+        if self.cascade is not None:
+            return "cascade_mask_rcnn" if self.include_mask else "cascade_rcnn"
+        return "mask_rcnn" if self.include_mask else "faster_rcnn"
 
 
 @dataclasses.dataclass
@@ -93,6 +147,8 @@ class DataConfig:
     max_instances: int = 100
     random_flip: bool = True
     batch_size: int = 16  # global
+    train_semantic: str | None = None  # folder of semantic label PNGs (HTC), None: none
+    val_semantic: str | None = None
 
 
 @dataclasses.dataclass
@@ -186,3 +242,83 @@ def faster_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
     config = mask_rcnn_res2net50_fpn_synthetic()
     config.model.include_mask = False
     return config
+
+
+def _cascade(config: ExperimentConfig, *, htc: HTCConfig | None = None) -> ExperimentConfig:
+    """Turn a (Mask) R-CNN experiment into its cascade: mmdetection's `*_20e` settings.
+
+    Three class-agnostic stages, 2000 RPN proposals in training, smooth-L1 box losses
+    (beta 1/9 for the RPN, 1 for the stages) and the 20-epoch schedule (drops at 16, 19).
+    """
+    config.model.cascade = CascadeConfig()
+    config.model.htc = htc
+    config.model.rpn.train_post_nms_topk = 2000
+    config.model.rpn.smooth_l1_beta = 1.0 / 9.0
+    config.model.roi.smooth_l1_beta = 1.0
+    config.train.epochs = 20
+    config.train.decay_epochs = (16, 19)
+    return config
+
+
+@register_experiment("cascade_rcnn_res2net101_fpn_coco")
+def cascade_rcnn_res2net101_fpn_coco() -> ExperimentConfig:
+    """mmdetection `cascade_rcnn_r2_101_fpn_20e_coco`: 45.7 box AP (COCO val)."""
+    return _cascade(faster_rcnn_res2net101_fpn_coco())
+
+
+@register_experiment("cascade_mask_rcnn_res2net101_fpn_coco")
+def cascade_mask_rcnn_res2net101_fpn_coco() -> ExperimentConfig:
+    """mmdetection `cascade_mask_rcnn_r2_101_fpn_20e_coco`: 46.4 box / 40.0 mask AP."""
+    return _cascade(mask_rcnn_res2net101_fpn_coco())
+
+
+@register_experiment("htc_res2net101_fpn_coco")
+def htc_res2net101_fpn_coco() -> ExperimentConfig:
+    """mmdetection `htc_r2_101_fpn_20e_coco`: 47.5 box / 41.6 mask AP.
+
+    Reads COCO-Stuff label maps (`stuffthingmaps_trainval2017/train2017/*.png`) for the
+    semantic branch.
+    """
+    config = _cascade(mask_rcnn_res2net101_fpn_coco(), htc=HTCConfig())
+    config.data.train_semantic = "stuffthingmaps_trainval2017/train2017"
+    return config
+
+
+@register_experiment("htc_without_semantic_res2net101_fpn_coco")
+def htc_without_semantic_res2net101_fpn_coco() -> ExperimentConfig:
+    """HTC without the semantic branch (mmdetection's `htc_without_semantic_r50` recipe on
+    the R2-101 backbone): no COCO-Stuff maps needed."""
+    return _cascade(mask_rcnn_res2net101_fpn_coco(), htc=HTCConfig(semantic=False))
+
+
+def _synthetic_cascade(config: ExperimentConfig, htc: HTCConfig | None = None):
+    """The synthetic experiments' cascade: same sizes, short schedule, smooth-L1 boxes."""
+    config.model.cascade = CascadeConfig()
+    config.model.htc = htc
+    config.model.rpn.smooth_l1_beta = 1.0 / 9.0
+    config.model.roi.smooth_l1_beta = 1.0
+    return config
+
+
+@register_experiment("cascade_rcnn_res2net50_fpn_synthetic")
+def cascade_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
+    return _synthetic_cascade(faster_rcnn_res2net50_fpn_synthetic())
+
+
+@register_experiment("cascade_mask_rcnn_res2net50_fpn_synthetic")
+def cascade_mask_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
+    return _synthetic_cascade(mask_rcnn_res2net50_fpn_synthetic())
+
+
+@register_experiment("htc_res2net50_fpn_synthetic")
+def htc_res2net50_fpn_synthetic() -> ExperimentConfig:
+    """HTC with the semantic branch on generated label maps (background + 3 shapes)."""
+    htc = HTCConfig(semantic_classes=4, semantic_channels=64)
+    config = _synthetic_cascade(mask_rcnn_res2net50_fpn_synthetic(), htc)
+    config.data.train_semantic = "train_semantic"
+    return config
+
+
+@register_experiment("htc_without_semantic_res2net50_fpn_synthetic")
+def htc_without_semantic_res2net50_fpn_synthetic() -> ExperimentConfig:
+    return _synthetic_cascade(mask_rcnn_res2net50_fpn_synthetic(), HTCConfig(semantic=False))

@@ -4,6 +4,7 @@ RPN: sigmoid cross-entropy over sampled anchors and L1 on positive deltas, both 
 the number of sampled anchors. Box head: softmax cross-entropy over sampled RoIs and L1 on
 the positive RoIs' target-class deltas, both divided by the number of sampled RoIs. Mask:
 per-pixel sigmoid cross-entropy of the target-class mask, averaged over positive RoIs.
+`smooth_l1_beta > 0` turns the box L1 into smooth L1 (the cascades' choice).
 """
 
 from __future__ import annotations
@@ -15,32 +16,48 @@ def _safe_count(mask):
     return ops.maximum(ops.sum(ops.cast(mask, "float32")), 1.0)
 
 
-def rpn_losses(logits, deltas, target_deltas, positives, negatives):
+def box_distance(deltas, target_deltas, smooth_l1_beta: float = 0.0):
+    """Per-box sum over the 4 coordinates of L1, or smooth L1 when `smooth_l1_beta > 0`."""
+    diff = ops.abs(deltas - target_deltas)
+    if smooth_l1_beta > 0:
+        diff = ops.where(diff < smooth_l1_beta, 0.5 * diff * diff / smooth_l1_beta,
+                         diff - 0.5 * smooth_l1_beta)
+    return ops.sum(diff, axis=-1)
+
+
+def rpn_losses(logits, deltas, target_deltas, positives, negatives,
+               smooth_l1_beta: float = 0.0):
     """`(objectness, box)` losses; inputs flattened over levels: (B, A) and (B, A, 4)."""
     sampled = positives | negatives
     count = _safe_count(sampled)
     labels = ops.cast(positives, "float32")
     bce = ops.maximum(logits, 0.0) - logits * labels + ops.log1p(ops.exp(-ops.abs(logits)))
     cls_loss = ops.sum(bce * ops.cast(sampled, "float32")) / count
-    l1 = ops.sum(ops.abs(deltas - target_deltas), axis=-1)
-    box_loss = ops.sum(l1 * labels) / count
+    distance = box_distance(deltas, target_deltas, smooth_l1_beta)
+    box_loss = ops.sum(distance * labels) / count
     return cls_loss, box_loss
 
 
-def box_head_losses(logits, deltas, target_classes, target_deltas, positives, sampled):
-    """`(classification, box)` losses for (B, N, K+1) logits and (B, N, K, 4) deltas.
+def box_head_losses(logits, deltas, target_classes, target_deltas, positives, sampled,
+                    smooth_l1_beta: float = 0.0):
+    """`(classification, box)` losses for (B, N, K+1) logits and (B, N, K or 1, 4) deltas.
 
-    `target_classes` is 0 for background, 1..K for objects.
+    `target_classes` is 0 for background, 1..K for objects; class-agnostic deltas (one box
+    per RoI) are compared as they are.
     """
     count = _safe_count(sampled)
     log_probs = ops.log_softmax(logits, axis=-1)
     num_classes = ops.shape(logits)[-1]
     nll = -ops.sum(log_probs * ops.one_hot(target_classes, num_classes), axis=-1)
     cls_loss = ops.sum(nll * ops.cast(sampled, "float32")) / count
-    fg = ops.maximum(target_classes - 1, 0)
-    class_deltas = ops.sum(deltas * ops.one_hot(fg, ops.shape(deltas)[2])[..., None], axis=2)
-    l1 = ops.sum(ops.abs(class_deltas - target_deltas), axis=-1)
-    box_loss = ops.sum(l1 * ops.cast(positives, "float32")) / count
+    if deltas.shape[2] == 1:
+        class_deltas = deltas[:, :, 0]
+    else:
+        fg = ops.maximum(target_classes - 1, 0)
+        class_deltas = ops.sum(deltas * ops.one_hot(fg, ops.shape(deltas)[2])[..., None],
+                               axis=2)
+    distance = box_distance(class_deltas, target_deltas, smooth_l1_beta)
+    box_loss = ops.sum(distance * ops.cast(positives, "float32")) / count
     return cls_loss, box_loss
 
 

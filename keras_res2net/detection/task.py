@@ -4,7 +4,9 @@ As the Model Garden's `MaskRCNNTask`: `build_model`, `build_inputs`, `build_loss
 `train_step`, `validation_step`, plus `postprocess`, which maps detections back to the
 original images for evaluation. Targets (anchor and RoI assignment, sampling, mask crops)
 are computed inside the step from padded ground truth, so one `tf.function` covers it all.
-The gradient tape is TensorFlow's: the training loop runs under `tf.distribute`.
+One task serves every architecture: the RPN losses are shared; the RoI losses are Mask
+R-CNN's single stage or the cascade's stages (with HTC's interleaved mask branch and
+semantic loss). The gradient tape is TensorFlow's: the loop runs under `tf.distribute`.
 """
 
 from __future__ import annotations
@@ -21,19 +23,15 @@ from keras_res2net.detection.configs import ExperimentConfig
 from keras_res2net.detection.data.coco import CocoDataset, load_coco
 from keras_res2net.detection.data.pipeline import build_dataset
 from keras_res2net.detection.modeling.backbone import build_backbone
-from keras_res2net.detection.modeling.detector import MaskRCNN, select_class
+from keras_res2net.detection.modeling.detector import TwoStageDetector, select_class
+from keras_res2net.detection.modeling.factory import build_detector
 from keras_res2net.detection.modeling.roi_align import crop_masks
 from keras_res2net.detection.ops import boxes as box_ops
 from keras_res2net.detection.ops.assign import assign
 from keras_res2net.detection.ops.masks import paste_masks
-from keras_res2net.detection.ops.sampling import balanced_mask, sample_indices
+from keras_res2net.detection.ops.sampling import balanced_mask
 from keras_res2net.detection.schedules import WarmupStepDecay
-
-
-def _gather(values, indices):
-    """Rows of (B, M, ...) `values` at (B, N) `indices`."""
-    expanded = ops.reshape(indices, (*ops.shape(indices), *([1] * (len(values.shape) - 2))))
-    return ops.take_along_axis(values, expanded, axis=1)
+from keras_res2net.detection.targets import RoiSample, gather_rows, sample_rois
 
 
 class DetectionTask:
@@ -44,10 +42,10 @@ class DetectionTask:
         self.seed = keras.random.SeedGenerator(config.train.seed)
 
     # -- builders -------------------------------------------------------------------------
-    def build_model(self, backbone_weights: str | None = None) -> MaskRCNN:
+    def build_model(self, backbone_weights: str | None = None) -> TwoStageDetector:
         """The detector, with its variables created (one call on a small blank image)."""
-        model = MaskRCNN(self.config.model, build_backbone(self.config.model.backbone,
-                                                           backbone_weights))
+        model = build_detector(self.config.model, build_backbone(self.config.model.backbone,
+                                                                 backbone_weights))
         model(np.zeros((1, 64, 64, 3), np.float32))
         return model
 
@@ -83,66 +81,127 @@ class DetectionTask:
                                     weight_decay=train.weight_decay)
 
     # -- losses ---------------------------------------------------------------------------
-    def build_losses(self, model: MaskRCNN, inputs: dict, training: bool = True) -> dict:
+    def build_losses(self, model: TwoStageDetector, inputs: dict, training: bool = True) -> dict:
         """All losses for a batch of padded ground truth; `total_loss` is their sum."""
         cfg = self.config.model
-        images, gt_boxes = inputs["images"], ops.cast(inputs["boxes"], "float32")
-        gt_classes = ops.cast(inputs["classes"], "int32")
-        gt_valid = gt_classes > 0
-        image_shape = (ops.cast(ops.shape(images)[1], "float32"),
-                       ops.cast(ops.shape(images)[2], "float32"))
+        images = inputs["images"]
+        gt = (ops.cast(inputs["boxes"], "float32"), ops.cast(inputs["classes"], "int32"))
+        gt = (*gt, gt[1] > 0)  # boxes, classes, valid
         features = model.extract(images, training=training)
         scores, deltas, anchors = model.rpn(features)
-
-        # RPN targets over all levels at once.
-        logits = ops.concatenate(list(scores.values()), axis=1)
-        rpn_deltas = ops.concatenate(list(deltas.values()), axis=1)
-        all_anchors = ops.concatenate(list(anchors.values()), axis=0)
-        batch = ops.shape(images)[0]
-        anchors_b = ops.broadcast_to(all_anchors[None], (batch, *ops.shape(all_anchors)))
-        labels, matched, _ = assign(anchors_b, gt_boxes, gt_valid, pos_iou=cfg.rpn.pos_iou,
-                                    neg_iou=cfg.rpn.neg_iou, min_pos_iou=cfg.rpn.min_pos_iou,
-                                    low_quality_matches=True)
-        pos, neg = balanced_mask(labels, cfg.rpn.num_samples, cfg.rpn.pos_fraction, self.seed)
-        targets = box_ops.encode(_gather(gt_boxes, matched), anchors_b)
-        rpn_cls, rpn_box = loss_lib.rpn_losses(logits, rpn_deltas, targets, pos, neg)
-
-        # Second stage: proposals plus ground truth, assigned and sampled.
+        result = self._rpn_losses(scores, deltas, anchors, gt, ops.shape(images)[0])
         topk = cfg.rpn.train_post_nms_topk or cfg.rpn.post_nms_topk
-        proposals, valid = model.propose(scores, deltas, anchors, image_shape, topk)
-        rois = ops.concatenate([proposals, gt_boxes], axis=1)
-        roi_valid = ops.concatenate([valid, gt_valid], axis=1)
-        labels, matched, _ = assign(rois, gt_boxes, gt_valid, pos_iou=cfg.roi.pos_iou,
-                                    neg_iou=cfg.roi.neg_iou)
-        labels = ops.where(roi_valid, labels, -1)
-        index, is_pos, is_sampled = sample_indices(labels, cfg.roi.num_samples,
-                                                   cfg.roi.pos_fraction, self.seed)
-        rois = _gather(rois, index)
-        matched = _gather(matched, index)
-        classes = ops.where(is_pos, _gather(gt_classes, matched), 0)
-        box_targets = box_ops.encode(_gather(gt_boxes, matched), rois, cfg.roi.box_stds)
-        cls_logits, box_deltas = model.box_branch(features, rois, training=training)
-        cls_loss, box_loss = loss_lib.box_head_losses(cls_logits, box_deltas, classes,
-                                                      box_targets, is_pos, is_sampled)
-        result = {"rpn_cls_loss": rpn_cls, "rpn_box_loss": rpn_box, "cls_loss": cls_loss,
-                  "box_loss": box_loss}
-        if cfg.include_mask:
-            # Positives come first in the sample, so the first `max_pos` RoIs hold them all.
-            max_pos = int(cfg.roi.num_samples * cfg.roi.pos_fraction)
-            mask_rois = rois[:, :max_pos]
-            mask_logits = model.mask_branch(features, mask_rois, training=training)
-            mask_logits = select_class(mask_logits, ops.maximum(classes[:, :max_pos] - 1, 0))
-            size = ops.shape(mask_logits)[2]
-            mask_targets = crop_masks(inputs["masks"], ops.stop_gradient(mask_rois),
-                                      matched[:, :max_pos], output_size=size)
-            mask_targets = ops.cast(mask_targets >= 0.5, "float32")
-            result["mask_loss"] = loss_lib.mask_loss(mask_logits, mask_targets,
-                                                     is_pos[:, :max_pos])
+        proposals, valid = model.propose(scores, deltas, anchors, model.image_shape(images),
+                                         topk)
+        if cfg.cascade is None:
+            result.update(self._rcnn_losses(model, features, proposals, valid, gt, inputs,
+                                            training))
+        else:
+            result.update(self._cascade_losses(model, features, proposals, valid, gt, inputs,
+                                               training))
         result["total_loss"] = sum(result.values())
         return result
 
+    def _rpn_losses(self, scores: dict, deltas: dict, anchors: dict, gt, batch) -> dict:
+        """Objectness and box losses of the RPN over all levels at once."""
+        rpn = self.config.model.rpn
+        gt_boxes, _, gt_valid = gt
+        logits = ops.concatenate(list(scores.values()), axis=1)
+        rpn_deltas = ops.concatenate(list(deltas.values()), axis=1)
+        all_anchors = ops.concatenate(list(anchors.values()), axis=0)
+        anchors_b = ops.broadcast_to(all_anchors[None], (batch, *ops.shape(all_anchors)))
+        labels, matched, _ = assign(anchors_b, gt_boxes, gt_valid, pos_iou=rpn.pos_iou,
+                                    neg_iou=rpn.neg_iou, min_pos_iou=rpn.min_pos_iou,
+                                    low_quality_matches=True)
+        pos, neg = balanced_mask(labels, rpn.num_samples, rpn.pos_fraction, self.seed)
+        targets = box_ops.encode(gather_rows(gt_boxes, matched), anchors_b)
+        cls_loss, box_loss = loss_lib.rpn_losses(logits, rpn_deltas, targets, pos, neg,
+                                                 rpn.smooth_l1_beta)
+        return {"rpn_cls_loss": cls_loss, "rpn_box_loss": box_loss}
+
+    def _sample(self, rois, roi_valid, gt, iou: float, stds) -> RoiSample:
+        roi = self.config.model.roi
+        return sample_rois(rois, roi_valid, *gt, iou=iou, num_samples=roi.num_samples,
+                           pos_fraction=roi.pos_fraction, stds=stds, seed=self.seed)
+
+    def _box_losses(self, logits, deltas, sample: RoiSample, prefix: str = "") -> dict:
+        cls_loss, box_loss = loss_lib.box_head_losses(
+            logits, deltas, sample.classes, sample.box_targets, sample.is_pos,
+            sample.is_sampled, self.config.model.roi.smooth_l1_beta)
+        return {f"{prefix}cls_loss": cls_loss, f"{prefix}box_loss": box_loss}
+
+    def _mask_loss(self, mask_fn, sample: RoiSample, inputs: dict):
+        """Mask loss of the positive RoIs of `sample`; `mask_fn(rois)` gives their logits.
+
+        Positives come first in a sample, so its first `max_pos` RoIs hold them all.
+        """
+        roi = self.config.model.roi
+        max_pos = int(roi.num_samples * roi.pos_fraction)
+        rois = sample.rois[:, :max_pos]
+        classes = ops.maximum(sample.classes[:, :max_pos] - 1, 0)
+        logits = select_class(mask_fn(rois), classes)
+        targets = crop_masks(inputs["masks"], ops.stop_gradient(rois),
+                             sample.matched[:, :max_pos], output_size=ops.shape(logits)[2])
+        targets = ops.cast(targets >= 0.5, "float32")
+        return loss_lib.mask_loss(logits, targets, sample.is_pos[:, :max_pos])
+
+    def _rcnn_losses(self, model, features, proposals, valid, gt, inputs, training) -> dict:
+        """Faster / Mask R-CNN: one box stage (and its mask head) on the proposals."""
+        roi = self.config.model.roi
+        sample = self._sample(proposals, valid, gt, roi.pos_iou, roi.box_stds)
+        logits, deltas = model.box_branch(features, sample.rois, training=training)
+        result = self._box_losses(logits, deltas, sample)
+        if self.config.model.include_mask:
+            result["mask_loss"] = self._mask_loss(
+                lambda rois: model.mask_branch(features, rois, training=training), sample,
+                inputs)
+        return result
+
+    def _cascade_losses(self, model, features, proposals, valid, gt, inputs,
+                        training) -> dict:
+        """Cascade R-CNN stages (and HTC): re-sample at each stage's IoU, refine between.
+
+        Stage t samples from the previous stage's refined RoIs (ground-truth RoIs dropped)
+        plus the ground truth, at IoU `stage_ious[t]`; its losses are weighted by
+        `stage_loss_weights[t]`. HTC's interleaved mask branch trains on a re-sample of the
+        RoIs refined by stage t, which also feed stage t+1.
+        """
+        cfg = self.config.model
+        cascade, htc = cfg.cascade, cfg.htc
+        image_shape = model.image_shape(inputs["images"])
+        result = {}
+        semantic_logits, semantic_feature = model.semantic(features, training=training)
+        if semantic_logits is not None:
+            if "semantic" not in inputs:
+                raise ValueError("HTC's semantic branch needs semantic label maps: set "
+                                 "DataConfig.train_semantic, or use the htc_without_semantic "
+                                 "experiment.")
+            result["semantic_loss"] = htc.semantic_loss_weight * loss_lib.semantic_loss(
+                semantic_logits, inputs["semantic"])
+        rois, roi_valid = proposals, valid
+        for stage in range(cascade.num_stages):
+            weight = cascade.stage_loss_weights[stage]
+            iou, stds = cascade.stage_ious[stage], cascade.stage_box_stds[stage]
+            sample = self._sample(rois, roi_valid, gt, iou, stds)
+            logits, deltas = model.box_branch(features, sample.rois, stage, semantic_feature,
+                                              training=training)
+            for name, value in self._box_losses(logits, deltas, sample, f"s{stage}_").items():
+                result[name] = weight * value
+            rois = model.refine(sample.rois, logits, deltas, stage, image_shape,
+                                sample.classes)
+            roi_valid = ops.logical_and(sample.is_sampled, ops.logical_not(sample.is_gt))
+            if cfg.include_mask:
+                mask_sample = sample
+                if htc is not None and htc.interleaved:
+                    mask_sample = self._sample(rois, roi_valid, gt, iou, stds)
+                result[f"s{stage}_mask_loss"] = weight * self._mask_loss(
+                    lambda r, s=stage: model.mask_branch(features, r, s, semantic_feature,
+                                                         training=training),
+                    mask_sample, inputs)
+        return result
+
     # -- steps ----------------------------------------------------------------------------
-    def train_step(self, inputs: dict, model: MaskRCNN,
+    def train_step(self, inputs: dict, model: TwoStageDetector,
                    optimizer: keras.optimizers.Optimizer, num_replicas: int = 1) -> dict:
         """One optimisation step on this replica's batch; returns its (mean) losses.
 
@@ -162,7 +221,7 @@ class DetectionTask:
         optimizer.apply_gradients(zip(grads, [v for _, v in pairs], strict=True))
         return losses
 
-    def validation_step(self, inputs: dict, model: MaskRCNN) -> dict:
+    def validation_step(self, inputs: dict, model: TwoStageDetector) -> dict:
         """Detections for a batch (padded-image coordinates)."""
         return model(inputs["images"], training=False)
 

@@ -1,10 +1,12 @@
 """Faster R-CNN / Mask R-CNN with FPN: the model that holds the layers and runs inference.
 
-`MaskRCNN` owns the backbone, FPN, RPN, box and (optionally) mask heads. Its pieces
-(`extract`, `rpn`, `propose`, `box_branch`, `mask_branch`) are what the task's train step
-composes with targets and losses; `call` runs the inference path: proposals, box head,
-per-class NMS and masks for the kept detections. Images are RGB in [0, 255], padded to a
-multiple of 32; outputs are in the padded image's pixel coordinates.
+`TwoStageDetector` owns what every two-stage detector here shares: backbone, FPN, RPN,
+proposals, RoI pooling and the final NMS. `MaskRCNN` adds one box head and (optionally) one
+mask head; the cascades (modeling/cascade.py) add several. The pieces (`extract`, `rpn`,
+`propose`, `box_branch`, `mask_branch`) are what the task's train step composes with
+targets and losses; `call` runs the inference path: proposals, box head, per-class NMS and
+masks for the kept detections. Images are RGB in [0, 255], padded to a multiple of 32;
+outputs are in the padded image's pixel coordinates.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from keras_res2net.imagenet import preprocess_input
 ROI_LEVELS = ("P2", "P3", "P4", "P5")
 
 
-class MaskRCNN(keras.Model):
-    """Two-stage detector; `config.include_mask=False` gives Faster R-CNN."""
+class TwoStageDetector(keras.Model):
+    """Backbone, FPN and RPN, with the proposal and detection steps every variant shares."""
 
     def __init__(self, config: ModelConfig, backbone: keras.Model, **kwargs):
         super().__init__(**kwargs)
@@ -35,9 +37,6 @@ class MaskRCNN(keras.Model):
         num_anchors = len(config.anchors.scales) * len(config.anchors.ratios)
         self.fpn = FPN(heads.fpn_channels, name="fpn")
         self.rpn_head = RPNHead(heads.fpn_channels, num_anchors, name="rpn_head")
-        self.box_head = BoxHead(config.num_classes, heads.fc_dim, name="box_head")
-        self.mask_head = (MaskHead(config.num_classes, heads.mask_channels, heads.mask_convs,
-                                   name="mask_head") if config.include_mask else None)
 
     # -- pieces ---------------------------------------------------------------------------
     def extract(self, images, training: bool = False) -> dict:
@@ -92,6 +91,46 @@ class MaskRCNN(keras.Model):
                                     ops.stop_gradient(rois), output_size=output_size,
                                     sampling_ratio=self.config.roi.sampling_ratio)
 
+    @staticmethod
+    def image_shape(images):
+        """(height, width) of the padded batch as float32 scalars."""
+        return (ops.cast(ops.shape(images)[1], "float32"),
+                ops.cast(ops.shape(images)[2], "float32"))
+
+    def inference_proposals(self, images):
+        """FPN features, RPN proposals (B, P, 4) and their validity for inference."""
+        features = self.extract(images, training=False)
+        scores, deltas, anchors = self.rpn(features)
+        proposals, valid = self.propose(scores, deltas, anchors, self.image_shape(images),
+                                        self.config.rpn.post_nms_topk)
+        return features, proposals, valid
+
+    def detect(self, boxes, probs):
+        """Per-class NMS of (B, N, K or 1, 4) boxes and (B, N, K) probabilities.
+
+        Returns the output dict (classes 1..K, 0 = padding) and the 0-based classes.
+        """
+        det = self.config.detection
+        det_boxes, det_scores, det_classes, num = per_class_nms(
+            boxes, probs, iou_threshold=det.nms_iou, score_threshold=det.score_threshold,
+            max_per_class=det.max_detections, max_total=det.max_detections)
+        present = ops.arange(det.max_detections)[None, :] < ops.cast(num, "int32")[:, None]
+        outputs = {"boxes": det_boxes, "scores": det_scores,
+                   "classes": ops.where(present, det_classes + 1, 0),
+                   "num_detections": num}
+        return outputs, det_classes
+
+
+class MaskRCNN(TwoStageDetector):
+    """Two-stage detector; `config.include_mask=False` gives Faster R-CNN."""
+
+    def __init__(self, config: ModelConfig, backbone: keras.Model, **kwargs):
+        super().__init__(config, backbone, **kwargs)
+        heads = config.heads
+        self.box_head = BoxHead(config.num_classes, heads.fc_dim, name="box_head")
+        self.mask_head = (MaskHead(config.num_classes, heads.mask_channels, heads.mask_convs,
+                                   name="mask_head") if config.include_mask else None)
+
     def box_branch(self, features: dict, rois, training: bool = False):
         """Class logits (B, N, K+1) and class-specific deltas (B, N, K, 4) for RoIs."""
         pooled = self._pool_rois(features, rois, self.config.roi.box_pool_size)
@@ -106,28 +145,17 @@ class MaskRCNN(keras.Model):
     def call(self, images, training: bool = False) -> dict:
         """Detections: boxes (B, D, 4) xyxy, scores, classes (1..K, 0 = padding),
         num_detections (B,), and masks (B, D, 28, 28) probabilities in box coordinates."""
-        image_shape = (ops.cast(ops.shape(images)[1], "float32"),
-                       ops.cast(ops.shape(images)[2], "float32"))
-        features = self.extract(images, training=False)
-        scores, deltas, anchors = self.rpn(features)
-        proposals, valid = self.propose(scores, deltas, anchors, image_shape,
-                                        self.config.rpn.post_nms_topk)
+        image_shape = self.image_shape(images)
+        features, proposals, valid = self.inference_proposals(images)
         logits, box_deltas = self.box_branch(features, proposals)
         probs = ops.softmax(logits, axis=-1)[..., 1:]
         probs = probs * ops.cast(valid, probs.dtype)[..., None]
         stds = self.config.roi.box_stds
         boxes = box_ops.decode(box_deltas, ops.expand_dims(proposals, 2), stds)
         boxes = box_ops.clip(boxes, image_shape[0], image_shape[1])
-        det = self.config.detection
-        det_boxes, det_scores, det_classes, num = per_class_nms(
-            boxes, probs, iou_threshold=det.nms_iou, score_threshold=det.score_threshold,
-            max_per_class=det.max_detections, max_total=det.max_detections)
-        present = ops.arange(det.max_detections)[None, :] < ops.cast(num, "int32")[:, None]
-        outputs = {"boxes": det_boxes, "scores": det_scores,
-                   "classes": ops.where(present, det_classes + 1, 0),
-                   "num_detections": num}
+        outputs, det_classes = self.detect(boxes, probs)
         if self.mask_head is not None:
-            mask_logits = self.mask_branch(features, det_boxes)
+            mask_logits = self.mask_branch(features, outputs["boxes"])
             outputs["masks"] = ops.sigmoid(select_class(mask_logits, det_classes))
         return outputs
 

@@ -1,4 +1,9 @@
-"""The three heads of Mask R-CNN (mmdetection's RPNHead, Shared2FCBBoxHead, FCNMaskHead)."""
+"""The heads of the two-stage detectors (mmdetection's RPNHead, Shared2FCBBoxHead, FCNMaskHead).
+
+The cascades reuse them: `BoxHead(class_agnostic=True)` regresses one box per RoI, and
+`MaskHead(with_conv_res=True)` is HTC's mask head, which adds a 1x1-conv projection of the
+previous stage's mask features to its input (mask information flow).
+"""
 
 from __future__ import annotations
 
@@ -40,17 +45,23 @@ class RPNHead(keras.layers.Layer):
 
 
 class BoxHead(keras.layers.Layer):
-    """Two shared FC layers, then class logits (background at 0) and class-specific deltas."""
+    """Two shared FC layers, then class logits (background at 0) and box deltas.
 
-    def __init__(self, num_classes: int, fc_dim: int = 1024, **kwargs):
+    Deltas are class-specific (B, N, K, 4) by default; `class_agnostic=True` gives one box
+    per RoI, (B, N, 1, 4), as every Cascade R-CNN stage uses.
+    """
+
+    def __init__(self, num_classes: int, fc_dim: int = 1024, class_agnostic: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.fc_dim = fc_dim
-        self.flatten = layers.Flatten()
+        self.class_agnostic = class_agnostic
+        self.box_classes = 1 if class_agnostic else num_classes
         self.fc1 = layers.Dense(fc_dim, activation="relu", name="shared_fc1")
         self.fc2 = layers.Dense(fc_dim, activation="relu", name="shared_fc2")
         self.cls = layers.Dense(num_classes + 1, kernel_initializer=_SMALL, name="fc_cls")
-        self.reg = layers.Dense(4 * num_classes, kernel_initializer=_BOX, name="fc_reg")
+        self.reg = layers.Dense(4 * self.box_classes, kernel_initializer=_BOX, name="fc_reg")
 
     def build(self, input_shape):
         features = 1
@@ -62,27 +73,36 @@ class BoxHead(keras.layers.Layer):
         self.reg.build((None, self.fc_dim))
 
     def call(self, pooled):
-        """(B, N, 7, 7, C) RoI features -> logits (B, N, K+1) and deltas (B, N, K, 4)."""
+        """(B, N, 7, 7, C) RoI features -> logits (B, N, K+1) and deltas (B, N, K or 1, 4)."""
         shape = ops.shape(pooled)
         x = ops.reshape(pooled, (shape[0] * shape[1], -1))
         x = self.fc2(self.fc1(x))
         logits = ops.reshape(self.cls(x), (shape[0], shape[1], self.num_classes + 1))
-        deltas = ops.reshape(self.reg(x), (shape[0], shape[1], self.num_classes, 4))
+        deltas = ops.reshape(self.reg(x), (shape[0], shape[1], self.box_classes, 4))
         return logits, deltas
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "num_classes": self.num_classes, "fc_dim": self.fc_dim}
+        return {**super().get_config(), "num_classes": self.num_classes, "fc_dim": self.fc_dim,
+                "class_agnostic": self.class_agnostic}
 
 
 class MaskHead(keras.layers.Layer):
-    """Four 3x3 convs, a 2x2 stride-2 deconv (14 -> 28) and per-class mask logits."""
+    """Four 3x3 convs, a 2x2 stride-2 deconv (14 -> 28) and per-class mask logits.
 
-    def __init__(self, num_classes: int, channels: int = 256, num_convs: int = 4, **kwargs):
+    With `with_conv_res=True` (HTC's stages after the first) `call` also takes `residual`,
+    the previous stage's mask features, adds their 1x1 conv + ReLU to the input, and
+    `return_features=True` returns the features after the convs for the next stage.
+    """
+
+    def __init__(self, num_classes: int, channels: int = 256, num_convs: int = 4,
+                 with_conv_res: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.channels = channels
         self.num_convs = num_convs
+        self.with_conv_res = with_conv_res
         init = keras.initializers.HeNormal()
+        self.conv_res = None  # made in `build`: it maps to the RoI features' width
         self.convs = [layers.Conv2D(channels, 3, padding="same", activation="relu",
                                     kernel_initializer=init, name=f"mask_conv{i}")
                       for i in range(num_convs)]
@@ -92,22 +112,42 @@ class MaskHead(keras.layers.Layer):
 
     def build(self, input_shape):
         shape = (None, *input_shape[2:])
+        if self.with_conv_res:
+            self.conv_res = layers.Conv2D(shape[-1], 1, activation="relu",
+                                          kernel_initializer=keras.initializers.HeNormal(),
+                                          name="mask_conv_res")
+            self.conv_res.build((*shape[:3], self.channels))
         for conv in self.convs:
             conv.build(shape)
             shape = (*shape[:3], self.channels)
         self.deconv.build(shape)
         self.logits.build((None, 2 * shape[1], 2 * shape[2], self.channels))
 
-    def call(self, pooled):
-        """(B, N, 14, 14, C) -> (B, N, 28, 28, K) logits."""
+    def features(self, pooled, residual=None):
+        """The convs' output (B, N, 14, 14, C'): what HTC passes to the next stage's head."""
         shape = ops.shape(pooled)
         x = ops.reshape(pooled, (shape[0] * shape[1], shape[2], shape[3], shape[4]))
+        if residual is not None:
+            if self.conv_res is None:
+                raise ValueError(f"{self.name} was built without with_conv_res; it takes no "
+                                 "residual mask features.")
+            x = x + self.conv_res(ops.reshape(residual, (-1, shape[2], shape[3],
+                                                         self.channels)))
         for conv in self.convs:
             x = conv(x)
+        return ops.reshape(x, (shape[0], shape[1], shape[2], shape[3], self.channels))
+
+    def call(self, pooled, residual=None, return_features: bool = False):
+        """(B, N, 14, 14, C) -> (B, N, 28, 28, K) logits [and the features, see `features`]."""
+        features = self.features(pooled, residual)
+        shape = ops.shape(features)
+        x = ops.reshape(features, (shape[0] * shape[1], shape[2], shape[3], self.channels))
         x = self.logits(self.deconv(x))
-        return ops.reshape(x, (shape[0], shape[1], 2 * shape[2], 2 * shape[3],
-                               self.num_classes))
+        logits = ops.reshape(x, (shape[0], shape[1], 2 * shape[2], 2 * shape[3],
+                                 self.num_classes))
+        return (logits, features) if return_features else logits
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_classes": self.num_classes,
-                "channels": self.channels, "num_convs": self.num_convs}
+                "channels": self.channels, "num_convs": self.num_convs,
+                "with_conv_res": self.with_conv_res}
