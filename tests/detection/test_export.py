@@ -1,6 +1,9 @@
 """SavedModel export: the serving signature returns the model's detections."""
 
+import dataclasses
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_res2net.detection import configs
@@ -84,3 +87,24 @@ def test_compare_detections_reports_differences():
     assert compare_detections(reference, moved) == (0.5, 0.5, "")
     fewer = {**reference, "num_detections": np.array([1])}
     assert "detection counts differ" in compare_detections(reference, fewer)[2]
+
+
+@pytest.mark.parametrize("experiment", [
+    "cascade_rcnn_res2net101_fpn_coco", "cascade_mask_rcnn_res2net101_fpn_coco",
+    "htc_res2net101_fpn_coco", "htc_without_semantic_res2net101_fpn_coco"])
+def test_every_cascade_experiment_serves_detections(tmp_path, experiment):
+    """The COCO experiments' heads as configured (256-wide FPN, 1024-wide FCs, 80 classes,
+    three stages, HTC's semantic head), on a one-block-per-stage backbone to keep CI quick."""
+    config = configs.get_experiment(experiment)
+    config.model.backbone = dataclasses.replace(config.model.backbone, layers=(1, 1, 1, 1),
+                                                base_width=8)
+    model = DetectionTask(config).build_model()
+    export_saved_model(model, tmp_path / "saved", verbose=False)
+    serve = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
+    image = np.random.default_rng(1).integers(0, 256, (2, 64, 80, 3), dtype=np.uint8)
+    served = serve(images=tf.constant(image))
+    expected = model(np.pad(image, [(0, 0), (0, 0), (0, 16), (0, 0)]).astype(np.float32))
+    keys = {"boxes", "scores", "classes", "num_detections"}
+    assert set(served) == (keys if experiment.startswith("cascade_rcnn") else keys | {"masks"})
+    for key in served:
+        np.testing.assert_allclose(served[key], expected[key], atol=1e-4, err_msg=key)
