@@ -88,6 +88,10 @@ class DataConfig:
     train_images: str = "train2017"
     val_json: str = "annotations/instances_val2017.json"
     val_images: str = "val2017"
+    # COCO-Stuff label maps for HTC's semantic branch: a folder of `<image stem>.png` (uint8
+    # classes, 255 = ignore) under the data dir, e.g. "stuffthingmaps/train2017"; None: none.
+    train_semantic: str | None = None
+    val_semantic: str | None = None
     max_size: tuple = (1333, 800)  # long side, short side: resized to fit, aspect kept
     size_divisor: int = 32
     max_instances: int = 100
