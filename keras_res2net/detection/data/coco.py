@@ -20,6 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+SEMANTIC_IGNORE = 255  # the label of unlabelled pixels in COCO-Stuff maps (and their padding)
 _BOX_SLACK = 1.0  # pixels a box may exceed its image by (COCO rounds boxes to 0.01 px)
 
 

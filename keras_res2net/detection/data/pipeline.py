@@ -14,9 +14,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_res2net.detection.data.coco import CocoDataset
-
-SEMANTIC_IGNORE = 255
+from keras_res2net.detection.data.coco import SEMANTIC_IGNORE, CocoDataset
 
 
 def _has_semantic(dataset: CocoDataset) -> bool:

@@ -19,9 +19,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from keras_res2net.detection.data.coco import SEMANTIC_IGNORE
+
 CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "rectangle"},
               {"id": 3, "name": "triangle"})
-SEMANTIC_IGNORE = 255  # the label of unlabelled pixels, as in COCO-Stuff
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
