@@ -85,8 +85,8 @@ class HTCConfig:
     `interleaved`: stage t's mask head trains on RoIs refined by stage t's box head.
     `mask_info_flow`: each mask head adds the previous stages' mask features to its input.
     `semantic`: a fused semantic head on P2..P6 (COCO-Stuff: 183 classes, 255 ignored,
-    loss weight 0.2) whose RoI features are added to the box and mask RoI features; it needs
-    semantic maps in the data (`DataConfig.train_semantic`).
+    loss weight 0.2), as wide as the FPN, whose RoI features are added to the box and mask
+    RoI features; it needs semantic maps in the data (`DataConfig.train_semantic`).
     """
 
     interleaved: bool = True
@@ -94,7 +94,6 @@ class HTCConfig:
     semantic: bool = True
     semantic_classes: int = 183
     semantic_loss_weight: float = 0.2
-    semantic_channels: int = 256
     semantic_convs: int = 4
 
 
@@ -142,13 +141,15 @@ class DataConfig:
     train_images: str = "train2017"
     val_json: str = "annotations/instances_val2017.json"
     val_images: str = "val2017"
+    # COCO-Stuff label maps for HTC's semantic branch: a folder of `<image stem>.png` (uint8
+    # classes, 255 = ignore) under the data dir, e.g. "stuffthingmaps/train2017"; None: none.
+    train_semantic: str | None = None
+    val_semantic: str | None = None
     max_size: tuple = (1333, 800)  # long side, short side: resized to fit, aspect kept
     size_divisor: int = 32
     max_instances: int = 100
     random_flip: bool = True
     batch_size: int = 16  # global
-    train_semantic: str | None = None  # folder of semantic label PNGs (HTC), None: none
-    val_semantic: str | None = None
 
 
 @dataclasses.dataclass
@@ -313,7 +314,7 @@ def cascade_mask_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
 @register_experiment("htc_res2net50_fpn_synthetic")
 def htc_res2net50_fpn_synthetic() -> ExperimentConfig:
     """HTC with the semantic branch on generated label maps (background + 3 shapes)."""
-    htc = HTCConfig(semantic_classes=4, semantic_channels=64)
+    htc = HTCConfig(semantic_classes=4)
     config = _synthetic_cascade(mask_rcnn_res2net50_fpn_synthetic(), htc)
     config.data.train_semantic = "train_semantic"
     return config

@@ -5,6 +5,7 @@ the number of sampled anchors. Box head: softmax cross-entropy over sampled RoIs
 the positive RoIs' target-class deltas, both divided by the number of sampled RoIs. Mask:
 per-pixel sigmoid cross-entropy of the target-class mask, averaged over positive RoIs.
 `smooth_l1_beta > 0` turns the box L1 into smooth L1 (the cascades' choice).
+Semantic (HTC): per-pixel softmax cross-entropy averaged over the pixels not ignored.
 """
 
 from __future__ import annotations
@@ -67,3 +68,22 @@ def mask_loss(mask_logits, target_masks, positives):
            + ops.log1p(ops.exp(-ops.abs(mask_logits))))
     per_roi = ops.mean(bce, axis=(2, 3))
     return ops.sum(per_roi * ops.cast(positives, "float32")) / _safe_count(positives)
+
+
+def semantic_loss(logits, labels, ignore_index: int = 255):
+    """Mean softmax cross-entropy of (B, h, w, K) logits over the non-ignored pixels.
+
+    `labels` (B, H, W) are at padded-image resolution (classes 0..K-1 or `ignore_index`);
+    pixel (i, j) of the logits takes label (floor(i * H / h), floor(j * W / w)), as
+    mmdetection's `F.interpolate(labels, scale_factor=1/8, mode="nearest")`: with H = 8h
+    that is `labels[:, ::8, ::8]`. No valid pixel gives 0 (not NaN).
+    """
+    logits = ops.cast(logits, "float32")
+    height, width = ops.shape(logits)[1], ops.shape(logits)[2]
+    rows = ops.arange(height) * ops.shape(labels)[1] // height
+    cols = ops.arange(width) * ops.shape(labels)[2] // width
+    labels = ops.cast(ops.take(ops.take(labels, rows, axis=1), cols, axis=2), "int32")
+    valid = labels != ignore_index
+    log_probs = ops.log_softmax(logits, axis=-1)
+    picked = ops.take_along_axis(log_probs, ops.where(valid, labels, 0)[..., None], axis=-1)
+    return -ops.sum(picked[..., 0] * ops.cast(valid, "float32")) / _safe_count(valid)

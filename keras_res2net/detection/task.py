@@ -22,6 +22,7 @@ from keras_res2net.detection import losses as loss_lib
 from keras_res2net.detection.configs import ExperimentConfig
 from keras_res2net.detection.data.coco import CocoDataset, load_coco
 from keras_res2net.detection.data.pipeline import build_dataset
+from keras_res2net.detection.data.sources import semantic_dir
 from keras_res2net.detection.modeling.backbone import build_backbone
 from keras_res2net.detection.modeling.detector import TwoStageDetector, select_class
 from keras_res2net.detection.modeling.factory import build_detector
@@ -54,7 +55,8 @@ class DetectionTask:
         json_path, images = ((data.train_json, data.train_images) if training
                              else (data.val_json, data.val_images))
         return load_coco(Path(data_dir) / json_path, Path(data_dir) / images,
-                         needs_masks=self.config.model.include_mask)
+                         needs_masks=self.config.model.include_mask,
+                         semantic_dir=semantic_dir(self.config, data_dir, training))
 
     def build_inputs(self, dataset: CocoDataset, training: bool,
                      batch_size: int | None = None) -> tf.data.Dataset:

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from keras_res2net.detection.data.coco import load_coco
 from keras_res2net.detection.data.pipeline import build_dataset, resize_and_pad
@@ -90,3 +91,103 @@ def test_dataset_batches_padded_ground_truth(shapes_val):
     assert batch["boxes"].shape == (3, 8, 4) and batch["masks"].shape == (3, 8, 128, 128)
     counts = (np.asarray(batch["classes"]) > 0).sum(1)
     np.testing.assert_array_equal(counts, [len(r.classes) for r in dataset.records[:3]])
+
+
+# -- semantic maps (HTC's semantic branch) ---------------------------------------------------
+def test_semantic_maps_leave_images_and_json_unchanged(shapes_val, shapes_semantic, tmp_path):
+    assert shapes_semantic[0].read_bytes() == shapes_val[0].read_bytes()
+    for name in ("000001.png", "000006.png"):
+        assert (shapes_semantic[1] / name).read_bytes() == (shapes_val[1] / name).read_bytes()
+    again = write_split(tmp_path, "val", 6, seed=7, semantic=True)
+    assert again.read_bytes() == shapes_val[0].read_bytes()
+    for name in ("000001.png", "000006.png"):
+        assert ((tmp_path / "val_semantic" / name).read_bytes()
+                == (shapes_semantic[2] / name).read_bytes())
+
+
+def test_synthetic_semantic_map_labels_shapes_and_rings(shapes_semantic):
+    dataset = load_coco(*shapes_semantic[:2], semantic_dir=shapes_semantic[2])
+    for record in dataset.records:
+        label_map = record.load_semantic()
+        assert label_map.shape == (record.height, record.width) and label_map.dtype == np.uint8
+        covered = np.zeros(label_map.shape, bool)
+        for category, mask in zip(record.classes, record.load_masks(), strict=True):
+            np.testing.assert_array_equal(label_map[mask > 0], category)
+            covered |= mask > 0
+        assert (label_map[~covered] != 0).sum() > 0  # the ignore ring
+        assert set(np.unique(label_map[~covered])) <= {0, 255}
+        ring = label_map == 255
+        # Every ignored pixel touches a shape (8-neighbourhood); shapes never touch background.
+        near = np.zeros_like(covered)
+        padded = np.pad(covered, 1)
+        for dy in range(3):
+            for dx in range(3):
+                near |= padded[dy:dy + covered.shape[0], dx:dx + covered.shape[1]]
+        assert (near[ring]).all() and not (near & ~covered & (label_map == 0)).any()
+
+
+def test_loader_attaches_semantic_maps_and_refuses_bad_ones(shapes_semantic, tmp_path):
+    json_path, images, semantic = shapes_semantic
+    dataset = load_coco(json_path, images, semantic_dir=semantic)
+    assert [r.semantic_path for r in dataset.records] == [
+        semantic / f"{r.image_id:06d}.png" for r in dataset.records]
+    assert load_coco(json_path, images).records[0].semantic_path is None
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in semantic.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    (broken / "000003.png").unlink()
+    with pytest.raises(ValueError, match=r"image 3 \(000003.png\) has no semantic map"):
+        load_coco(json_path, images, semantic_dir=broken)
+    Image.fromarray(np.zeros((64, 128), np.uint8)).save(broken / "000003.png")
+    with pytest.raises(ValueError, match=r"image 3 \(000003.png\) has a 128x64 semantic map"):
+        load_coco(json_path, images, semantic_dir=broken)
+    Image.fromarray(np.zeros((128, 128, 3), np.uint8)).save(broken / "000003.png")
+    with pytest.raises(ValueError, match=r"image 3 \(000003.png\) .* mode 'RGB'"):
+        load_coco(json_path, images, semantic_dir=broken)
+    with pytest.raises(FileNotFoundError, match="semantic map folder"):
+        load_coco(json_path, images, semantic_dir=tmp_path / "nowhere")
+
+
+def test_resize_flip_pad_semantic_by_hand():
+    semantic = np.zeros((50, 100), np.uint8)
+    semantic[10:20, 0:30] = 7
+    semantic[0, 99] = 255
+    example = {"image": np.zeros((50, 100, 3), np.uint8),
+               "boxes": np.zeros((0, 4), np.float32), "classes": np.zeros((0,), np.int32),
+               "masks": np.zeros((0, 50, 100), np.uint8), "image_id": np.int64(5),
+               "semantic": semantic}
+    # As test_resize_flip_pad_by_hand: 40x80, flipped, padded to 64x96.
+    out = np.asarray(resize_and_pad(example, (80, 80), 32, tf.constant(True))["semantic"])
+    assert out.shape == (64, 96) and out.dtype == np.uint8
+    assert (out[8:16, 56:80] == 7).all() and (out == 7).sum() == 8 * 24
+    assert out[0, 0] == 255  # the ignored corner pixel, flipped to the left
+    assert (out[40:] == 255).all() and (out[:, 80:] == 255).all()  # padding is ignored
+    assert (out[:40, :80] != 255).sum() == 40 * 80 - 1
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_semantic_maps_line_up_with_masks_in_batches(shapes_semantic, training):
+    dataset = load_coco(*shapes_semantic[:2], semantic_dir=shapes_semantic[2])
+    # 128 -> 100 (a scale that is not a whole ratio), padded to 128: nearest sampling of the
+    # masks and of the semantic maps must pick the same source pixels.
+    batches = build_dataset(dataset, batch_size=3, max_size=(100, 100), max_instances=8,
+                            training=training, seed=1)
+    for batch in batches.take(2):
+        semantic, masks = np.asarray(batch["semantic"]), np.asarray(batch["masks"])
+        classes = np.asarray(batch["classes"])
+        assert semantic.shape == (3, 128, 128) and semantic.dtype == np.uint8
+        assert (semantic[:, 100:] == 255).all() and (semantic[:, :, 100:] == 255).all()
+        for i in range(3):
+            for mask, category in zip(masks[i], classes[i], strict=True):
+                if category:
+                    assert mask.sum() > 0
+                    np.testing.assert_array_equal(semantic[i][mask > 0], category)
+            background = (masks[i].sum(0) == 0)[:100, :100]
+            assert set(np.unique(semantic[i, :100, :100][background])) == {0, 255}
+
+
+def test_batches_have_no_semantic_key_without_maps(shapes_val):
+    batch = next(iter(build_dataset(load_coco(*shapes_val), batch_size=2, max_size=(128, 128),
+                                    max_instances=8)))
+    assert "semantic" not in batch and batch["images"].shape == (2, 128, 128, 3)

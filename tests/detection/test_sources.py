@@ -50,3 +50,19 @@ def test_tfds_source_feeds_the_distributed_pipeline(tmp_path):
     # Crowd object dropped, labels + 1 (see test_tfds_coco.py); shuffled, so either order.
     classes = sorted(tuple(int(c) for c in row if c) for row in batch["classes"].numpy())
     assert classes == [(1,), (4, 5)]
+
+
+def test_only_the_coco_json_source_reads_semantic_maps(shapes_semantic):
+    json_path, images, semantic = shapes_semantic
+    config = configs.get_experiment("mask_rcnn_res2net50_fpn_synthetic")
+    config.data.train_json, config.data.train_images = json_path.name, images.name
+    config.data.train_semantic = semantic.name
+    source = sources.open_source("coco_json", config, json_path.parent)
+    example = next(iter(source.raw()))
+    assert example["semantic"].shape == (128, 128) and example["semantic"].dtype == "uint8"
+    np.testing.assert_array_equal(example["semantic"],
+                                  load_coco(json_path, images, semantic_dir=semantic)
+                                  .records[0].load_semantic())
+    for kind in ("tfds", "tfrecord"):
+        with pytest.raises(ValueError, match=f"--data {kind} has no semantic maps"):
+            sources.open_source(kind, config, json_path.parent)

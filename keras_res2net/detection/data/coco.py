@@ -3,7 +3,9 @@
 `load_coco` checks the whole file up front: every annotation must reference a listed image
 and category, have a finite, positive box inside its image, and a segmentation that decodes
 to the image's size; every image must exist on disk. Any violation raises `ValueError`
-naming the image and annotation. Crowd annotations (`iscrowd=1`) are kept apart as
+naming the image and annotation. Optional semantic label maps (COCO-Stuff "stuffthingmaps",
+one `<image stem>.png` per image) are checked the same way: present, single-channel, and of
+the image's size. Crowd annotations (`iscrowd=1`) are kept apart as
 `crowd_boxes` (mmdetection ignores them in training; pycocotools uses them in evaluation).
 """
 
@@ -18,6 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+SEMANTIC_IGNORE = 255  # the label of unlabelled pixels in COCO-Stuff maps (and their padding)
 _BOX_SLACK = 1.0  # pixels a box may exceed its image by (COCO rounds boxes to 0.01 px)
 
 
@@ -33,6 +36,7 @@ class ImageRecord:
     classes: np.ndarray
     segmentations: list
     crowd_boxes: np.ndarray
+    semantic_path: Path | None = None  # (H, W) uint8 label map, 255 = ignore
 
     def load_image(self) -> np.ndarray:
         with Image.open(self.path) as image:
@@ -44,6 +48,13 @@ class ImageRecord:
             return np.zeros((0, self.height, self.width), dtype=np.uint8)
         return np.stack([segmentation_to_mask(s, self.height, self.width)
                          for s in self.segmentations]).astype(np.uint8)
+
+    def load_semantic(self) -> np.ndarray:
+        """(H, W) uint8 semantic classes (255 = ignore); palette PNGs give their indices."""
+        if self.semantic_path is None:
+            raise ValueError(f"image {self.image_id} ({self.path.name}) has no semantic map.")
+        with Image.open(self.semantic_path) as label_map:
+            return np.asarray(label_map, dtype=np.uint8)
 
 
 @dataclasses.dataclass
@@ -91,9 +102,30 @@ def _check_annotation(ann: dict, image: dict, categories: set, needs_masks: bool
     return None
 
 
-def load_coco(json_path, image_dir, *, needs_masks: bool = True) -> CocoDataset:
-    """Read and validate a COCO instances file; images are looked up in `image_dir`."""
+def _semantic_problem(path: Path, image: dict) -> str | None:
+    """The problem with one semantic label map (read from its header only), or None."""
+    if not path.is_file():
+        return f"has no semantic map {path.name} in {path.parent}"
+    with Image.open(path) as label_map:
+        mode, (width, height) = label_map.mode, label_map.size
+    if mode not in ("L", "P"):
+        return f"has a semantic map {path.name} of mode {mode!r}, not a single-channel 'L' or 'P'"
+    if (height, width) != (image["height"], image["width"]):
+        return (f"has a {width}x{height} semantic map {path.name}, but the image is "
+                f"{image['width']}x{image['height']}")
+    return None
+
+
+def load_coco(json_path, image_dir, *, needs_masks: bool = True,
+              semantic_dir=None) -> CocoDataset:
+    """Read and validate a COCO instances file; images are looked up in `image_dir`.
+
+    With `semantic_dir`, every image gets the label map `semantic_dir/<file stem>.png`.
+    """
     json_path, image_dir = Path(json_path), Path(image_dir)
+    semantic_dir = None if semantic_dir is None else Path(semantic_dir)
+    if semantic_dir is not None and not semantic_dir.is_dir():
+        raise FileNotFoundError(f"semantic map folder {semantic_dir} does not exist.")
     if not json_path.is_file():
         raise FileNotFoundError(f"annotation file {json_path} does not exist.")
     coco = COCO(str(json_path))
@@ -112,6 +144,13 @@ def load_coco(json_path, image_dir, *, needs_masks: bool = True) -> CocoDataset:
         if not path.is_file():
             raise ValueError(f"{json_path}: image {image_id} ({image['file_name']}) is missing "
                              f"from {image_dir}.")
+        semantic_path = None
+        if semantic_dir is not None:
+            semantic_path = semantic_dir / f"{Path(image['file_name']).stem}.png"
+            problem = _semantic_problem(semantic_path, image)
+            if problem:
+                raise ValueError(f"{json_path}: image {image_id} ({image['file_name']}) "
+                                 f"{problem}.")
         boxes, classes, segmentations, crowd = [], [], [], []
         for ann in coco.imgToAnns.get(image_id, []):
             problem = _check_annotation(ann, image, set(contiguous), needs_masks)
@@ -129,5 +168,6 @@ def load_coco(json_path, image_dir, *, needs_masks: bool = True) -> CocoDataset:
             image_id=image_id, path=path, height=int(image["height"]),
             width=int(image["width"]), boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
             classes=np.asarray(classes, np.int32), segmentations=segmentations,
-            crowd_boxes=np.asarray(crowd, np.float32).reshape(-1, 4)))
+            crowd_boxes=np.asarray(crowd, np.float32).reshape(-1, 4),
+            semantic_path=semantic_path))
     return CocoDataset(coco=coco, records=records, category_ids=category_ids)

@@ -4,7 +4,9 @@ mmdetection's transforms: the image is resized (bilinear) by the largest factor 
 `max_size` (long side, short side) keeping the aspect ratio; masks follow with nearest
 neighbour, boxes are scaled; training flips horizontally with probability 0.5; images are
 padded bottom/right to a multiple of `size_divisor`. Ground truth is padded to
-`max_instances` rows (class 0 = padding).
+`max_instances` rows (class 0 = padding). An optional semantic label map (example key
+"semantic", (H, W) uint8) follows the masks (nearest neighbour, flip) and is padded with
+`SEMANTIC_IGNORE` (mmdetection's `seg_pad_val=255`), in the image and in the batch.
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_res2net.detection.data.coco import CocoDataset
+from keras_res2net.detection.data.coco import SEMANTIC_IGNORE, CocoDataset
+
+
+def _has_semantic(dataset: CocoDataset) -> bool:
+    return bool(dataset.records) and dataset.records[0].semantic_path is not None
 
 
 def _generator(dataset: CocoDataset, max_instances: int):
+    semantic = _has_semantic(dataset)
+
     def generate():
         for record in dataset.records:
             if len(record.classes) > max_instances:
@@ -23,9 +31,12 @@ def _generator(dataset: CocoDataset, max_instances: int):
                     f"image {record.image_id} ({record.path.name}) has {len(record.classes)} "
                     f"objects, more than max_instances={max_instances}; raise "
                     "DataConfig.max_instances.")
-            yield {"image": record.load_image(), "boxes": record.boxes,
-                   "classes": record.classes, "masks": record.load_masks(),
-                   "image_id": np.int64(record.image_id)}
+            example = {"image": record.load_image(), "boxes": record.boxes,
+                       "classes": record.classes, "masks": record.load_masks(),
+                       "image_id": np.int64(record.image_id)}
+            if semantic:
+                example["semantic"] = record.load_semantic()
+            yield example
     return generate
 
 
@@ -36,6 +47,7 @@ _SIGNATURE = {
     "masks": tf.TensorSpec([None, None, None], tf.uint8),
     "image_id": tf.TensorSpec([], tf.int64),
 }
+_SEMANTIC_SPEC = tf.TensorSpec([None, None], tf.uint8)
 
 
 def resize_and_pad(example: dict, max_size, size_divisor: int, flip) -> dict:
@@ -53,10 +65,15 @@ def resize_and_pad(example: dict, max_size, size_divisor: int, flip) -> dict:
     masks = tf.concat([masks, blank], axis=-1)
     masks = tf.image.resize(masks, new_size, method="nearest")
     boxes = example["boxes"] * tf.stack([scales[1], scales[0], scales[1], scales[0]])
+    semantic = example.get("semantic")
+    if semantic is not None:
+        semantic = tf.image.resize(semantic[..., None], new_size, method="nearest")[..., 0]
     if flip is not None:
         width = tf.cast(new_size[1], tf.float32)
         image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
         masks = tf.cond(flip, lambda: masks[:, ::-1], lambda: masks)
+        if semantic is not None:
+            semantic = tf.cond(flip, lambda: semantic[:, ::-1], lambda: semantic)
         boxes = tf.cond(flip, lambda: tf.stack([width - boxes[:, 2], boxes[:, 1],
                                                 width - boxes[:, 0], boxes[:, 3]], axis=-1),
                         lambda: boxes)
@@ -64,15 +81,24 @@ def resize_and_pad(example: dict, max_size, size_divisor: int, flip) -> dict:
                      tf.int32) * size_divisor
     image = tf.image.pad_to_bounding_box(image, 0, 0, padded[0], padded[1])
     masks = tf.image.pad_to_bounding_box(masks, 0, 0, padded[0], padded[1])
-    return {"images": image, "boxes": boxes, "classes": example["classes"],
-            "masks": tf.transpose(masks[..., :-1], [2, 0, 1]), "image_ids": example["image_id"],
-            "scales": scales, "original_sizes": tf.cast(shape, tf.int32)}
+    out = {"images": image, "boxes": boxes, "classes": example["classes"],
+           "masks": tf.transpose(masks[..., :-1], [2, 0, 1]), "image_ids": example["image_id"],
+           "scales": scales, "original_sizes": tf.cast(shape, tf.int32)}
+    if semantic is not None:
+        out["semantic"] = tf.pad(semantic, [[0, padded[0] - new_size[0]],
+                                            [0, padded[1] - new_size[1]]],
+                                 constant_values=SEMANTIC_IGNORE)
+    return out
 
 
 def raw_dataset(dataset: CocoDataset, max_instances: int = 100) -> tf.data.Dataset:
-    """Decoded examples `{"image", "boxes", "classes", "masks", "image_id"}` of a COCO set."""
+    """Decoded examples `{"image", "boxes", "classes", "masks", "image_id"}` of a COCO set,
+    plus "semantic" when its records have semantic maps."""
+    signature = dict(_SIGNATURE)
+    if _has_semantic(dataset):
+        signature["semantic"] = _SEMANTIC_SPEC
     return tf.data.Dataset.from_generator(_generator(dataset, max_instances),
-                                          output_signature=_SIGNATURE)
+                                          output_signature=signature)
 
 
 def build_dataset(dataset: CocoDataset | tf.data.Dataset, *, batch_size: int,
@@ -80,7 +106,8 @@ def build_dataset(dataset: CocoDataset | tf.data.Dataset, *, batch_size: int,
                   training: bool = False, cache: bool = False,
                   seed: int | None = None) -> tf.data.Dataset:
     """Batches of `{"images", "boxes", "classes", "masks", "image_ids", "scales",
-    "original_sizes"}`; training shuffles, flips and repeats forever.
+    "original_sizes"}` (and "semantic" (B, Hp, Wp) uint8 when the examples have semantic
+    maps); training shuffles, flips and repeats forever.
 
     `dataset` is a loaded COCO JSON set, or any tf.data.Dataset of raw examples in
     `raw_dataset`'s format (e.g. `tfds_coco.load`)."""
@@ -101,6 +128,10 @@ def build_dataset(dataset: CocoDataset | tf.data.Dataset, *, batch_size: int,
     padded_shapes = {"images": [None, None, 3], "boxes": [max_instances, 4],
                      "classes": [max_instances], "masks": [max_instances, None, None],
                      "image_ids": [], "scales": [2], "original_sizes": [2]}
+    if "semantic" in data.element_spec:
+        padded_shapes["semantic"] = [None, None]
+    padding_values = {key: tf.constant(SEMANTIC_IGNORE if key == "semantic" else 0, spec.dtype)
+                      for key, spec in data.element_spec.items()}
     data = data.padded_batch(batch_size, padded_shapes=padded_shapes,
-                             drop_remainder=training)
+                             padding_values=padding_values, drop_remainder=training)
     return data.prefetch(tf.data.AUTOTUNE)

@@ -3,7 +3,9 @@
 Each source yields raw examples (`{"image", "boxes", "classes", "masks", "image_id"}`, see
 `pipeline.raw_dataset`) as a fresh `tf.data.Dataset` on every call, so that each input
 pipeline of a `tf.distribute` strategy can build (and shard) its own. `num_examples` sets the
-length of an epoch when it is known.
+length of an epoch when it is known. Only the COCO JSON source reads semantic maps
+(`DataConfig.train_semantic`, HTC's semantic branch); TFDS and TFRecord sources refuse a
+config that asks for them.
 """
 
 from __future__ import annotations
@@ -29,14 +31,29 @@ class TrainSource:
     cacheable: bool = False  # small enough to keep decoded in memory
 
 
+def semantic_dir(config: ExperimentConfig, data_dir, training: bool = True) -> Path | None:
+    """The folder of semantic maps of the training (or validation) split, or None."""
+    folder = config.data.train_semantic if training else config.data.val_semantic
+    return None if folder is None else Path(data_dir) / folder
+
+
+def _refuse_semantic(config: ExperimentConfig, kind: str) -> None:
+    if config.data.train_semantic is not None:
+        raise ValueError(f"--data {kind} has no semantic maps (DataConfig.train_semantic="
+                         f"{config.data.train_semantic!r}): use --data coco_json, which reads "
+                         "them from that folder, or train without the semantic branch.")
+
+
 def coco_json_source(config: ExperimentConfig, data_dir) -> TrainSource:
-    """The experiment's training JSON and image folder under `data_dir` (checked up front)."""
+    """The experiment's training JSON and image folder (and semantic maps, when configured)
+    under `data_dir`, checked up front."""
     from keras_res2net.detection.data.coco import load_coco
     from keras_res2net.detection.data.pipeline import raw_dataset
 
     data = config.data
     dataset = load_coco(Path(data_dir) / data.train_json, Path(data_dir) / data.train_images,
-                        needs_masks=config.model.include_mask)
+                        needs_masks=config.model.include_mask,
+                        semantic_dir=semantic_dir(config, data_dir))
     count = len(dataset.records)
     return TrainSource("coco_json", lambda: raw_dataset(dataset, data.max_instances), count,
                        cacheable=count <= 5000)
@@ -45,6 +62,7 @@ def coco_json_source(config: ExperimentConfig, data_dir) -> TrainSource:
 def tfds_source(config: ExperimentConfig, data_dir, split: str = "train",
                 name: str = "coco/2017") -> TrainSource:
     """TFDS COCO (prepared under `data_dir`); boxes only, so Faster R-CNN experiments only."""
+    _refuse_semantic(config, "tfds")
     if config.model.include_mask:
         raise ValueError("--data tfds has no instance masks (TFDS coco/2017 stores boxes "
                          "only): train a faster_rcnn_* experiment, or use --data coco_json or "
@@ -84,6 +102,7 @@ def tfrecord_source(config: ExperimentConfig, data_dir,
     """Model Garden-style TFRecords (`pattern`, default `data_dir/train*.tfrecord*`)."""
     from keras_res2net.detection.data import tf_example
 
+    _refuse_semantic(config, "tfrecord")
     pattern = pattern or str(Path(data_dir) / "train*.tfrecord*")
     category_ids = category_ids_for(config, data_dir)
     tf_example.load(pattern, category_ids)  # fails now if no file matches

@@ -2,9 +2,11 @@
 
 Coloured circles, rectangles and triangles (three classes) on textured backgrounds (smooth
 noise plus stripes); shapes never overlap, so every box and mask is exact. The same seed
-writes byte-identical PNGs and JSON. Usage:
+writes byte-identical PNGs and JSON. With `--semantic` each split also gets COCO-Stuff-style
+label maps in `<split>_semantic/` (drawn from the masks, no extra random numbers, so the
+images and JSON are the same either way). Usage:
 
-    python -m keras_res2net.detection.data.synthetic --out_dir data/shapes --seed 0
+    python -m keras_res2net.detection.data.synthetic --out_dir data/shapes --seed 0 --semantic
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+
+from keras_res2net.detection.data.coco import SEMANTIC_IGNORE
 
 CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "rectangle"},
               {"id": 3, "name": "triangle"})
@@ -95,18 +99,36 @@ def _annotation(ann_id: int, image_id: int, category: int, mask: np.ndarray) -> 
             "segmentation": rle}
 
 
+def semantic_map(objects, size: int) -> np.ndarray:
+    """(size, size) uint8 label map: 0 background ("stuff"), the category on each shape, and
+    255 (ignore) on the 1-pixel ring just outside each shape, as unlabelled boundaries."""
+    label_map = np.zeros((size, size), np.uint8)
+    for _, mask in objects:
+        label_map[_dilate(mask > 0, 1) & (mask == 0)] = SEMANTIC_IGNORE
+    for category, mask in objects:  # shapes keep a 2-pixel gap: no ring covers another shape
+        label_map[mask > 0] = category
+    return label_map
+
+
 def write_split(out_dir: Path, split: str, count: int, seed: int, size: int = 128,
-                max_objects: int = 4) -> Path:
-    """Write `count` images to `out_dir/split/` and `out_dir/split.json`; returns the JSON."""
+                max_objects: int = 4, semantic: bool = False) -> Path:
+    """Write `count` images to `out_dir/split/` and `out_dir/split.json`; returns the JSON.
+
+    With `semantic`, also each image's `semantic_map` to `out_dir/<split>_semantic/`."""
     rng = np.random.default_rng(seed)
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
+    if semantic:
+        (out_dir / f"{split}_semantic").mkdir(exist_ok=True)
     images, annotations = [], []
     for index in range(count):
         image_id = index + 1
         image, objects = make_image(rng, size, max_objects)
         name = f"{image_id:06d}.png"
         Image.fromarray(image).save(image_dir / name)
+        if semantic:
+            Image.fromarray(semantic_map(objects, size)).save(out_dir / f"{split}_semantic"
+                                                              / name)
         images.append({"id": image_id, "file_name": name, "height": size, "width": size})
         for category, mask in objects:
             annotations.append(_annotation(len(annotations) + 1, image_id, category, mask))
@@ -117,11 +139,12 @@ def write_split(out_dir: Path, split: str, count: int, seed: int, size: int = 12
 
 
 def write_dataset(out_dir, train: int = 600, val: int = 100, seed: int = 0,
-                  size: int = 128) -> Path:
-    """Write the train and val splits (different seeds derived from `seed`)."""
+                  size: int = 128, semantic: bool = False) -> Path:
+    """Write the train and val splits (different seeds derived from `seed`); with `semantic`
+    also `train_semantic/` and `val_semantic/` label maps."""
     out_dir = Path(out_dir)
-    write_split(out_dir, "train", train, seed * 2 + 1, size)
-    write_split(out_dir, "val", val, seed * 2 + 2, size)
+    write_split(out_dir, "train", train, seed * 2 + 1, size, semantic=semantic)
+    write_split(out_dir, "val", val, seed * 2 + 2, size, semantic=semantic)
     return out_dir
 
 
@@ -132,8 +155,10 @@ def main(argv=None) -> None:
     parser.add_argument("--val", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--semantic", action="store_true",
+                        help="also write <split>_semantic/ label maps (HTC's semantic branch)")
     args = parser.parse_args(argv)
-    write_dataset(args.out_dir, args.train, args.val, args.seed, args.size)
+    write_dataset(args.out_dir, args.train, args.val, args.seed, args.size, args.semantic)
     print(f"wrote {args.train} train and {args.val} val images to {args.out_dir}")
 
 

@@ -3,8 +3,9 @@
 On top of Cascade Mask R-CNN: mask information flow (stage t's mask head adds a 1x1-conv
 projection of stage t-1's mask features, computed by running the earlier heads on the same
 RoIs) and an optional fused semantic branch whose feature map is RoI-pooled and added to the
-box (7x7, average-pooled from 14x14 as mmdetection) and mask (14x14) RoI features. The
-interleaved training order lives in the task.
+box (7x7) and mask (14x14) RoI features. mmdetection pools the semantic map at 14x14 and
+average-pools to 7x7 for boxes: the same numbers as pooling at 7x7 with twice the samples
+per bin, which is what this does. The interleaved training order lives in the task.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from keras import ops
 
 from keras_res2net.detection.configs import ModelConfig
 from keras_res2net.detection.modeling.cascade import CascadeRCNN
+from keras_res2net.detection.modeling.semantic import FusedSemanticHead, semantic_roi_features
 
 SEMANTIC_LEVEL = "P3"  # mmdetection's fusion_level=1: the stride-8 map
 
@@ -28,8 +30,6 @@ class HybridTaskCascade(CascadeRCNN):
         htc = config.htc
         self.semantic_head = None
         if htc.semantic:
-            from keras_res2net.detection.modeling.semantic import FusedSemanticHead
-
             self.semantic_head = FusedSemanticHead(
                 htc.semantic_classes, channels=config.heads.fpn_channels,
                 num_convs=htc.semantic_convs, fusion_level=SEMANTIC_LEVEL,
@@ -47,14 +47,10 @@ class HybridTaskCascade(CascadeRCNN):
         pooled = self._pool_rois(features, rois, output_size)
         if semantic_feature is None:
             return pooled
-        from keras_res2net.detection.modeling.semantic import semantic_roi_features
-
-        mask_size = self.config.roi.mask_pool_size
+        roi = self.config.roi
+        samples = roi.sampling_ratio * max(1, roi.mask_pool_size // output_size)
         semantic = semantic_roi_features(semantic_feature, ops.stop_gradient(rois),
-                                         output_size=mask_size,
-                                         sampling_ratio=self.config.roi.sampling_ratio)
-        if output_size != mask_size:
-            semantic = adaptive_average_pool(semantic, output_size)
+                                         output_size=output_size, sampling_ratio=samples)
         return pooled + semantic
 
     def mask_branch(self, features: dict, rois, stage: int, semantic_feature=None,
@@ -86,16 +82,3 @@ class HybridTaskCascade(CascadeRCNN):
             logits.append(stage_logits)
         return logits
 
-
-def adaptive_average_pool(pooled, output_size: int):
-    """(B, N, S, S, C) -> (B, N, output_size, output_size, C) when S is a multiple of it
-    (PyTorch's adaptive average pooling for that case: equal, non-overlapping windows)."""
-    shape = ops.shape(pooled)
-    size = pooled.shape[2]
-    if size % output_size:
-        raise ValueError(f"cannot average-pool {size}x{size} RoI features to "
-                         f"{output_size}x{output_size}: not a multiple.")
-    factor = size // output_size
-    blocks = ops.reshape(pooled, (shape[0], shape[1], output_size, factor, output_size,
-                                  factor, shape[4]))
-    return ops.mean(blocks, axis=(3, 5))
