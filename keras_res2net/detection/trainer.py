@@ -39,8 +39,11 @@ from keras_res2net.training.strategies import is_chief, make_strategy, task_info
 
 WEIGHTS = "detector.weights.h5"
 CHECKPOINTS = "checkpoints"
-LOSS_NAMES = {"total_loss": "loss", "rpn_cls_loss": "rpn_cls", "rpn_box_loss": "rpn_box",
-              "cls_loss": "cls", "box_loss": "box", "mask_loss": "mask"}
+
+
+def loss_name(key: str) -> str:
+    """Short progress-bar name of a loss: `rpn_cls`, `s1_mask`, `semantic`, `loss` (total)."""
+    return "loss" if key == "total_loss" else key.removesuffix("_loss")
 
 
 def resolve_steps(config: ExperimentConfig, num_examples: int | None) -> int | None:
@@ -167,7 +170,7 @@ class DetectionTrainer:
             self._log(f"Epoch {epoch + 1}/{epochs}")
             verbose = (1 if sys.stdout.isatty() else 2) if self.chief else 0
             bar = keras.utils.Progbar(end - epoch * interval, verbose=verbose,
-                                      stateful_metrics=[*LOSS_NAMES.values(), "img/s"])
+                                      stateful_metrics=["img/s"])
             sums: dict[str, float] = {}
             done, epoch_start = 0, time.perf_counter()
             while step < end:
@@ -178,14 +181,16 @@ class DetectionTrainer:
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
                 seconds = time.perf_counter() - epoch_start
+                # Running means are computed here, so the bar must show them as they are.
+                bar.stateful_metrics.update(loss_name(k) for k in sums)
                 bar.update(step - epoch * interval,
-                           [(LOSS_NAMES.get(k, k), v / done) for k, v in sums.items()]
+                           [(loss_name(k), v / done) for k, v in sums.items()]
                            + [("img/s", done * batch_size / seconds)])
                 if step % self.checkpoint_every == 0 and step != end:
                     self.save()
             self.save()
             seconds = time.perf_counter() - epoch_start
-            means = "  ".join(f"{LOSS_NAMES.get(k, k)} {v / done:.4f}" for k, v in sums.items())
+            means = "  ".join(f"{loss_name(k)} {v / done:.4f}" for k, v in sums.items())
             self._log(f"epoch {epoch + 1}/{epochs}  step {step}/{steps}  {means}  lr "
                       f"{float(self.optimizer.learning_rate):.4g}  "
                       f"{done * batch_size / seconds:.1f} img/s  {seconds:.1f}s")
