@@ -31,6 +31,7 @@ from keras_res2net.detection.modeling.cascade import (
     average_stage_masks,
     average_stage_scores,
 )
+from keras_res2net.detection.modeling.heads import MaskHead
 from keras_res2net.detection.targets import sample_rois
 from keras_res2net.detection.task import DetectionTask
 
@@ -326,6 +327,29 @@ def test_cascade_mask_forward_averages_stage_masks_on_final_boxes(cascade_mask):
     expected = np.mean(per_stage, 0)
     np.testing.assert_allclose(outputs["masks"][:, :count], expected[:, :count], atol=1e-5)
     assert np.abs(expected - per_stage[-1])[:, :count].max() > 1e-3
+
+
+def test_cascade_mask_branch_runs_only_its_stage_head(cascade_mask, monkeypatch):
+    """Without information flow, stage t's mask loss needs head t alone: the earlier heads
+    are neither run (wasted work on every training step) nor given gradient."""
+    _, model = cascade_mask
+    rois = np.array([[[4, 4, 30, 30], [10, 10, 40, 50]]], np.float32)
+    features = model.extract(tiny_batch()["images"][:1])
+    pooled = model._pool_rois(features, rois, 14)
+    expected = [np.asarray(head(pooled)) for head in model.mask_heads]
+    calls = []
+    call = MaskHead.call
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.name)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(MaskHead, "call", spy)
+    for stage in range(3):
+        calls.clear()
+        got = model.mask_branch(features, rois, stage, training=True)
+        assert calls == [f"mask_head_s{stage}"]
+        np.testing.assert_allclose(np.asarray(got), expected[stage], atol=1e-5)
 
 
 # -- one train step each -------------------------------------------------------------------
