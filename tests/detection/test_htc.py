@@ -15,12 +15,14 @@ import tensorflow as tf
 from cascade_fixtures import (
     STAGE_IOUS,
     STAGE_STDS,
+    STAGE_WEIGHTS,
     np_decode,
     np_sigmoid,
     tiny_batch,
     tiny_config,
 )
 
+from keras_res2net.detection import losses as loss_lib
 from keras_res2net.detection.modeling.htc import HybridTaskCascade, adaptive_average_pool
 from keras_res2net.detection.task import DetectionTask
 
@@ -165,9 +167,22 @@ def _spy_losses(monkeypatch, task, model):
         return logits, deltas
 
     monkeypatch.setattr(HybridTaskCascade, "box_branch", spy_box)
+    mask_losses = []
+    mask_loss_fn = loss_lib.mask_loss
+
+    def spy_mask_loss(*args):
+        value = mask_loss_fn(*args)
+        mask_losses.append(float(value))
+        return value
+
+    monkeypatch.setattr(loss_lib, "mask_loss", spy_mask_loss)
     losses = task.build_losses(model, tiny_batch(), training=True)
     monkeypatch.undo()
-    return {k: float(v) for k, v in losses.items()}, samples, masks, boxes
+    losses = {k: float(v) for k, v in losses.items()}
+    for stage, value in enumerate(mask_losses):  # mask losses carry the stage weights too
+        assert losses[f"s{stage}_mask_loss"] == pytest.approx(STAGE_WEIGHTS[stage] * value)
+    assert len(mask_losses) == 3
+    return losses, samples, masks, boxes
 
 
 def test_interleaved_mask_branch_trains_on_a_resample_of_refined_rois(htc, monkeypatch):
