@@ -63,9 +63,10 @@ class CascadeRCNN(TwoStageDetector):
 
     def mask_branch(self, features: dict, rois, stage: int, semantic_feature=None,
                     training: bool = False):
-        """Stage `stage`'s mask logits (B, N, 28, 28, K)."""
-        return self.stage_mask_logits(features, rois, semantic_feature, stage + 1,
-                                      training)[-1]
+        """Stage `stage`'s mask logits (B, N, 28, 28, K): its head alone (HTC overrides)."""
+        pooled = self.roi_features(features, rois, self.config.roi.mask_pool_size,
+                                   semantic_feature)
+        return self.mask_heads[stage](pooled, training=training)
 
     def stage_mask_logits(self, features: dict, rois, semantic_feature=None,
                           num_stages: int | None = None, training: bool = False) -> list:
