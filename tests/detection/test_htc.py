@@ -1,9 +1,11 @@
-"""HTC without the semantic branch: mask information flow and the interleaved mask branch.
+"""HTC: mask information flow, the interleaved mask branch and the semantic branch.
 
 Information flow: stage t's mask head adds conv_res(features of head t-1), the chain running
 heads 0..t-1 on the same RoIs, so stage t's loss reaches every earlier mask head (and no
 earlier head without the flow). Interleaving: stage t's mask head trains on a re-sample of the
-RoIs stage t's box head refined. The semantic branch is not tested here.
+RoIs stage t's box head refined. Semantic branch: its RoI features are added to the box
+(7x7, as mmdetection's 14x14 average-pooled 2x2) and mask (14x14) RoI features, and its
+loss (weight 0.2) trains the semantic head.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from cascade_fixtures import (
 )
 
 from keras_res2net.detection import losses as loss_lib
-from keras_res2net.detection.modeling.htc import HybridTaskCascade, adaptive_average_pool
+from keras_res2net.detection.modeling.htc import HybridTaskCascade
+from keras_res2net.detection.modeling.semantic import semantic_roi_features
 from keras_res2net.detection.task import DetectionTask
 
 MAX_POS = 4  # tiny config: 16 RoIs * 25% positives
@@ -232,9 +235,60 @@ def test_htc_train_step_trains_every_head_and_conv_res(htc):
     assert not still, still
 
 
-def test_adaptive_average_pool_averages_equal_windows():
-    pooled = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4, 1)
-    got = np.asarray(adaptive_average_pool(pooled, 2))[0, 0, ..., 0]
-    np.testing.assert_allclose(got, [[2.5, 4.5], [10.5, 12.5]])
-    with pytest.raises(ValueError, match="not a multiple"):
-        adaptive_average_pool(np.zeros((1, 1, 6, 6, 1), np.float32), 4)
+@pytest.fixture(scope="module")
+def htc_semantic():
+    task = DetectionTask(tiny_config("htc_res2net50_fpn_synthetic"))
+    return task, task.build_model()
+
+
+def _semantic_batch() -> dict:
+    batch = tiny_batch()
+    labels = np.zeros(batch["images"].shape[:3], np.uint8)
+    for b in range(2):
+        for box, cls in zip(batch["boxes"][b], batch["classes"][b], strict=True):
+            x1, y1, x2, y2 = box.astype(int)
+            labels[b, y1:y2, x1:x2] = cls
+    labels[:, :2] = 255  # an ignored band
+    return {**batch, "semantic": labels}
+
+
+def test_semantic_roi_features_are_added_as_mmdetection_pools_them(htc_semantic):
+    _, model = htc_semantic
+    images = tiny_batch()["images"]
+    features = model.extract(images)
+    logits, semantic = model.semantic(features)
+    assert tuple(logits.shape) == (2, 8, 8, 4) and tuple(semantic.shape) == (2, 8, 8, 16)
+    rois = np.array([[[4, 4, 30, 30], [10, 10, 40, 50]]] * 2, np.float32)
+    fpn = model._pool_rois(features, rois, 14)
+    at14 = np.asarray(semantic_roi_features(semantic, rois, 14, sampling_ratio=2))
+    np.testing.assert_allclose(np.asarray(model.roi_features(features, rois, 14, semantic)),
+                               np.asarray(fpn) + at14, atol=1e-5)
+    # Box branch: mmdetection pools 14x14 and average-pools each 2x2 window down to 7x7.
+    mmdet7 = at14.reshape(2, 2, 7, 2, 7, 2, 16).mean(axis=(3, 5))
+    np.testing.assert_allclose(np.asarray(model.roi_features(features, rois, 7, semantic)),
+                               np.asarray(model._pool_rois(features, rois, 7)) + mmdet7,
+                               atol=1e-5)
+
+
+def test_semantic_loss_trains_the_semantic_head_and_needs_the_maps(htc_semantic):
+    task, model = htc_semantic
+    batch = _semantic_batch()
+    with tf.GradientTape() as tape:
+        losses = task.build_losses(model, batch)
+    # The logits come from the convs, not the embedding (mmdetection's order).
+    head = [w for w in model.semantic_head.trainable_weights if "embedding" not in w.path]
+    grads = tape.gradient(losses["semantic_loss"], head)
+    dead = [w.path for w, g in zip(head, grads, strict=True)
+            if g is None or float(tf.reduce_max(tf.abs(g))) == 0]
+    assert not dead, dead
+    # Weighted 0.2, and ignoring the band: equals 0.2 * the loss of the labels alone.
+    logits, _ = model.semantic(model.extract(batch["images"], training=True))
+    expected = 0.2 * float(loss_lib.semantic_loss(logits, batch["semantic"]))
+    np.testing.assert_allclose(float(losses["semantic_loss"]), expected, rtol=1e-5)
+    # The box heads' losses depend on the semantic feature: it reaches them through RoIs.
+    with tf.GradientTape() as tape:
+        losses = task.build_losses(model, batch)
+    grads = tape.gradient(losses["s0_cls_loss"], model.semantic_head.conv_embedding.weights)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+    with pytest.raises(ValueError, match="semantic label maps"):
+        task.build_losses(model, tiny_batch())
