@@ -220,8 +220,11 @@ def test_importing_keras_res2net_does_not_import_keras_hub():
         assert "keras_hub" not in sys.modules, "keras_res2net imported keras_hub"
         print("ok")
     """)
+    # Keras' numpy backend: what keras_res2net imports does not depend on the backend, and
+    # the child skips TensorFlow's start-up (6 s instead of 16 s on 2 loaded cores).
+    env = {**os.environ, "KERAS_BACKEND": "numpy", "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+                            env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
 
