@@ -15,7 +15,7 @@ import keras
 import keras_hub  # no importorskip: `hub` is part of the `test` extra, a missing one must fail
 import numpy as np
 import pytest
-from reference_data import seeded_images
+from reference_data import ReferenceFixture, projection, seeded_images
 
 import keras_res2net
 from keras_res2net.hub import Res2NetBackbone, image_normalization, pyramid_channels
@@ -62,7 +62,7 @@ def test_backbone_is_a_feature_pyramid_backbone_equal_to_pyramid_model(tmp_path,
                          else (256, 512, 1024, 2048))
     assert tuple(channels.values()) == expected_channels
 
-    images = keras_res2net.preprocess_input(seeded_images(2, SIZE, SIZE, seed=1))
+    images = seeded_images(2, SIZE, SIZE, seed=1)
     ours = numpy_tree(reference(images, training=False))
     theirs = numpy_tree(pyramid_of(backbone)(images, training=False))
     for level, stride in zip(("P2", "P3", "P4", "P5"), (4, 8, 16, 32), strict=True):
@@ -92,6 +92,30 @@ def test_config_round_trip_rebuilds_the_same_architecture():
     assert rebuilt.name == "r2n" and rebuilt.image_shape == (SIZE, SIZE, 3)
 
 
+def test_mmdetection_checkpoint_gives_the_reference_pyramid_and_survives_the_config(
+        save_safetensors):
+    """An mmdetection checkpoint (PyTorch-measured fixture) builds mmdetection's layout, whose
+    missing layer1 pool the config must record, or a reload would silently change P2..P5."""
+    fixture = ReferenceFixture("mmdet_res2net_v1b_reduced")
+    meta = fixture.meta
+    tensors = {meta["key_map"][key]: value for key, value in fixture.state_dict().items()
+               if key in meta["key_map"]}
+    backbone = Res2NetBackbone(meta["variant"], layers=meta["layers"],
+                               weights=save_safetensors(tensors))
+    assert backbone.get_config()["stage_pool"] is False
+    height, width = meta["sizes"][0]
+    images = seeded_images(2, height, width)
+    features = numpy_tree(pyramid_of(backbone)(images, training=False))
+    for level, reference in fixture.outputs(height, width).items():
+        summary = features[level] @ projection(features[level].shape[-1])
+        assert np.abs(summary - reference).max() < 1e-4, level
+
+    rebuilt = Res2NetBackbone.from_config(backbone.get_config())
+    rebuilt.set_weights(backbone.get_weights())
+    again = numpy_tree(pyramid_of(rebuilt)(images, training=False))
+    np.testing.assert_allclose(again["P2"], features["P2"], rtol=1e-6, atol=1e-6)
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="Unknown Res2Net variant"):
         Res2NetBackbone("res2net42")
@@ -103,7 +127,7 @@ def test_bad_arguments_are_refused():
 
 def test_backbone_saves_to_keras_and_loads_with_safe_mode(tmp_path):
     backbone = tiny_backbone(dtype="float32")
-    images = keras_res2net.preprocess_input(seeded_images(1, SIZE, SIZE, seed=2))
+    images = seeded_images(1, SIZE, SIZE, seed=2)
     path = str(tmp_path / "backbone.keras")
     backbone.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
@@ -115,7 +139,7 @@ def test_backbone_saves_to_keras_and_loads_with_safe_mode(tmp_path):
 
 def test_image_normalization_matches_preprocess_input():
     converter = keras_hub.layers.RetinaNetImageConverter(**image_normalization())
-    images = seeded_images(2, 40, 48, seed=3)
+    images = np.random.default_rng(3).uniform(0, 255, (2, 40, 48, 3)).astype("float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(converter(images)),
                                keras.ops.convert_to_numpy(keras_res2net.preprocess_input(images)),
                                rtol=1e-5, atol=1e-5)
