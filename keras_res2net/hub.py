@@ -15,6 +15,7 @@ it cannot. Import this module before `keras.saving.load_model` of a model that c
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 
 import keras
@@ -61,7 +62,7 @@ def image_normalization() -> dict[str, list[float]]:
 
 
 @contextlib.contextmanager
-def _layer_dtype_policy(dtype) -> Iterator[None]:
+def _layer_dtype_policy(dtype: str | keras.DTypePolicy | None) -> Iterator[None]:
     """Create the trunk's layers under `dtype` (our builders take no per-layer dtype)."""
     if dtype is None:
         yield
@@ -97,6 +98,7 @@ class Res2NetBackbone(FeaturePyramidBackbone):
             block); an mmdetection checkpoint sets it. The config records the result.
         fuse_stage_convs: run each stage block's 3x3 convs as one grouped conv.
         dtype: dtype policy of every layer (e.g. "mixed_float16").
+        **kwargs: `name`, `trainable`, as for any keras-hub backbone.
     """
 
     def __init__(
@@ -109,12 +111,12 @@ class Res2NetBackbone(FeaturePyramidBackbone):
         cardinality: int | None = None,
         v1b: bool | None = None,
         image_shape: Sequence[int | None] = (None, None, 3),
-        weights: str | None = None,
+        weights: str | os.PathLike | None = None,
         stage_pool: bool = True,
         fuse_stage_convs: bool = False,
-        dtype=None,
+        dtype: str | keras.DTypePolicy | None = None,
         **kwargs,
-    ):
+    ) -> None:
         spec = resolve_spec(variant, layers=layers, base_width=base_width, scale=scale,
                             cardinality=cardinality, v1b=v1b)
         checkpoint = open_weights(weights, spec)
