@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_res2net.detection import configs
+from keras_res2net.detection.task import DetectionTask
 
 # The issue's per-stage values (mmdetection's cascade_rcnn_r50_fpn / htc_r50_fpn).
 STAGE_IOUS = (0.5, 0.6, 0.7)
@@ -81,3 +82,20 @@ def np_softmax(x, axis=-1):
 
 def np_sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def spy_samples(monkeypatch) -> list:
+    """Record every `DetectionTask._sample` call (inputs, IoU, stds and the sample) into the
+    returned list, as numpy, until `monkeypatch.undo()`."""
+    samples = []
+    sample_fn = DetectionTask._sample
+
+    def spy_sample(self, rois, roi_valid, gt, iou, stds):
+        sample = sample_fn(self, rois, roi_valid, gt, iou, stds)
+        samples.append({"in_rois": np.asarray(rois), "in_valid": np.asarray(roi_valid),
+                        "iou": iou, "stds": tuple(stds),
+                        **{k: np.asarray(v) for k, v in sample._asdict().items()}})
+        return sample
+
+    monkeypatch.setattr(DetectionTask, "_sample", spy_sample)
+    return samples

@@ -245,17 +245,21 @@ def faster_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
     return config
 
 
-def _cascade(config: ExperimentConfig, *, htc: HTCConfig | None = None) -> ExperimentConfig:
-    """Turn a (Mask) R-CNN experiment into its cascade: mmdetection's `*_20e` settings.
-
-    Three class-agnostic stages, 2000 RPN proposals in training, smooth-L1 box losses
-    (beta 1/9 for the RPN, 1 for the stages) and the 20-epoch schedule (drops at 16, 19).
-    """
+def _with_cascade(config: ExperimentConfig, htc: HTCConfig | None = None) -> ExperimentConfig:
+    """Turn a (Mask) R-CNN experiment into its cascade (or HTC): three class-agnostic
+    stages and smooth-L1 box losses (beta 1/9 for the RPN, 1 for the stages)."""
     config.model.cascade = CascadeConfig()
     config.model.htc = htc
-    config.model.rpn.train_post_nms_topk = 2000
     config.model.rpn.smooth_l1_beta = 1.0 / 9.0
     config.model.roi.smooth_l1_beta = 1.0
+    return config
+
+
+def _cascade(config: ExperimentConfig, *, htc: HTCConfig | None = None) -> ExperimentConfig:
+    """mmdetection's `*_20e` cascade recipe: 2000 RPN proposals in training, 20 epochs with
+    the learning rate dropped at 16 and 19."""
+    _with_cascade(config, htc)
+    config.model.rpn.train_post_nms_topk = 2000
     config.train.epochs = 20
     config.train.decay_epochs = (16, 19)
     return config
@@ -292,34 +296,25 @@ def htc_without_semantic_res2net101_fpn_coco() -> ExperimentConfig:
     return _cascade(mask_rcnn_res2net101_fpn_coco(), htc=HTCConfig(semantic=False))
 
 
-def _synthetic_cascade(config: ExperimentConfig, htc: HTCConfig | None = None):
-    """The synthetic experiments' cascade: same sizes, short schedule, smooth-L1 boxes."""
-    config.model.cascade = CascadeConfig()
-    config.model.htc = htc
-    config.model.rpn.smooth_l1_beta = 1.0 / 9.0
-    config.model.roi.smooth_l1_beta = 1.0
-    return config
-
-
 @register_experiment("cascade_rcnn_res2net50_fpn_synthetic")
 def cascade_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
-    return _synthetic_cascade(faster_rcnn_res2net50_fpn_synthetic())
+    return _with_cascade(faster_rcnn_res2net50_fpn_synthetic())
 
 
 @register_experiment("cascade_mask_rcnn_res2net50_fpn_synthetic")
 def cascade_mask_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
-    return _synthetic_cascade(mask_rcnn_res2net50_fpn_synthetic())
+    return _with_cascade(mask_rcnn_res2net50_fpn_synthetic())
 
 
 @register_experiment("htc_res2net50_fpn_synthetic")
 def htc_res2net50_fpn_synthetic() -> ExperimentConfig:
     """HTC with the semantic branch on generated label maps (background + 3 shapes)."""
     htc = HTCConfig(semantic_classes=4)
-    config = _synthetic_cascade(mask_rcnn_res2net50_fpn_synthetic(), htc)
+    config = _with_cascade(mask_rcnn_res2net50_fpn_synthetic(), htc)
     config.data.train_semantic = "train_semantic"
     return config
 
 
 @register_experiment("htc_without_semantic_res2net50_fpn_synthetic")
 def htc_without_semantic_res2net50_fpn_synthetic() -> ExperimentConfig:
-    return _synthetic_cascade(mask_rcnn_res2net50_fpn_synthetic(), HTCConfig(semantic=False))
+    return _with_cascade(mask_rcnn_res2net50_fpn_synthetic(), HTCConfig(semantic=False))

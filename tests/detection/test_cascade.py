@@ -21,6 +21,7 @@ from cascade_fixtures import (
     np_iou,
     np_sigmoid,
     np_softmax,
+    spy_samples,
     tiny_batch,
     tiny_config,
 )
@@ -158,15 +159,8 @@ def test_refine_stops_the_gradient(cascade):
 
 def _spy_losses(monkeypatch, task, model, model_class):
     """One eager `build_losses`; records each `_sample` call and each stage's box branch."""
-    samples, boxes = [], []
-    sample_fn, box_fn = DetectionTask._sample, model_class.box_branch
-
-    def spy_sample(self, rois, roi_valid, gt, iou, stds):
-        sample = sample_fn(self, rois, roi_valid, gt, iou, stds)
-        samples.append({"in_rois": np.asarray(rois), "in_valid": np.asarray(roi_valid),
-                        "iou": iou, "stds": tuple(stds),
-                        **{k: np.asarray(v) for k, v in sample._asdict().items()}})
-        return sample
+    samples, boxes = spy_samples(monkeypatch), []
+    box_fn = model_class.box_branch
 
     def spy_box(self, features, rois, stage, semantic_feature=None, training=False):
         logits, deltas = box_fn(self, features, rois, stage, semantic_feature, training)
@@ -174,7 +168,6 @@ def _spy_losses(monkeypatch, task, model, model_class):
                       "deltas": np.asarray(deltas)})
         return logits, deltas
 
-    monkeypatch.setattr(DetectionTask, "_sample", spy_sample)
     monkeypatch.setattr(model_class, "box_branch", spy_box)
     losses = task.build_losses(model, tiny_batch(), training=True)
     monkeypatch.undo()

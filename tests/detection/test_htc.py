@@ -20,6 +20,7 @@ from cascade_fixtures import (
     STAGE_WEIGHTS,
     np_decode,
     np_sigmoid,
+    spy_samples,
     tiny_batch,
     tiny_config,
 )
@@ -145,21 +146,13 @@ def test_forward_averages_the_chained_stage_masks(htc):
 
 def _spy_losses(monkeypatch, task, model):
     """One eager `build_losses`: every `_sample` call and the RoIs each mask branch gets."""
-    samples, masks = [], []
-    sample_fn, mask_fn = DetectionTask._sample, HybridTaskCascade.mask_branch
-
-    def spy_sample(self, rois, roi_valid, gt, iou, stds):
-        sample = sample_fn(self, rois, roi_valid, gt, iou, stds)
-        samples.append({"in_rois": np.asarray(rois), "in_valid": np.asarray(roi_valid),
-                        "iou": iou, "stds": tuple(stds),
-                        **{k: np.asarray(v) for k, v in sample._asdict().items()}})
-        return sample
+    samples, masks = spy_samples(monkeypatch), []
+    mask_fn = HybridTaskCascade.mask_branch
 
     def spy_mask(self, features, rois, stage, semantic_feature=None, training=False):
         masks.append((stage, np.asarray(rois)))
         return mask_fn(self, features, rois, stage, semantic_feature, training)
 
-    monkeypatch.setattr(DetectionTask, "_sample", spy_sample)
     monkeypatch.setattr(HybridTaskCascade, "mask_branch", spy_mask)
     boxes = []
     box_fn = HybridTaskCascade.box_branch

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
+from cascade_fixtures import tiny_config
 
 from keras_res2net.detection import configs
 from keras_res2net.detection.data.coco import load_coco
@@ -12,14 +13,8 @@ from keras_res2net.detection.task import DetectionTask
 
 
 def _tiny_config(**backbone) -> configs.ExperimentConfig:
-    config = configs.get_experiment("mask_rcnn_res2net50_fpn_synthetic")
+    config = tiny_config("mask_rcnn_res2net50_fpn_synthetic")
     config.model.backbone = dataclasses.replace(config.model.backbone, **backbone)
-    config.model.heads = configs.HeadConfig(fpn_channels=16, fc_dim=32, mask_channels=8,
-                                            mask_convs=1)
-    config.model.roi.num_samples = 16
-    config.model.rpn.train_post_nms_topk = 50
-    config.model.rpn.post_nms_topk = 30
-    config.data.batch_size = 2
     return config
 
 

@@ -14,7 +14,7 @@ from keras_res2net.detection import configs, trainer
 from keras_res2net.detection.data.synthetic import write_dataset
 
 STEPS = 150
-HTC_STEPS = 100
+HTC_STEPS = 150
 
 
 def test_small_mask_rcnn_learns_shapes(tmp_path):
@@ -42,7 +42,7 @@ def test_small_htc_with_semantic_branch_learns_shapes(tmp_path):
     config.data.max_size = (96, 96)
     config.train.steps = HTC_STEPS
     config.train.warmup_steps = 30
-    config.train.decay_steps = (80, 95)
+    config.train.decay_steps = (120, 140)
     task, model, seconds_per_step = trainer.train(config, data_dir, tmp_path / "run")
     metrics = trainer.evaluate(task, model, data_dir)
     print(f"HTC box AP50 {metrics['bbox']['AP50']:.3f}, mask AP50 "
