@@ -1,6 +1,6 @@
 """Every detector on the generated shapes dataset, side by side: box and mask AP50 / AP75.
 
-    python benchmarks/detection_table.py                       # all six, about 30 min on 2 cores
+    python benchmarks/detection_table.py                       # all six, 50 min on 2 busy cores
     python benchmarks/detection_table.py --experiments cascade_mask_rcnn htc_without_semantic
 
 Writes the dataset once (600 train / 100 val images at 128x128, with semantic label maps for
