@@ -10,6 +10,7 @@ generated shapes dataset.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 
@@ -245,76 +246,60 @@ def faster_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
     return config
 
 
-def _with_cascade(config: ExperimentConfig, htc: HTCConfig | None = None) -> ExperimentConfig:
+# The cascade experiments, one row each: the R-CNN experiment a cascade extends, its HTC
+# settings (None: a plain cascade) and what mmdetection's R2-101-FPN 20e recipe reaches on
+# COCO val. Each row registers `<name>_res2net101_fpn_coco` and `<name>_res2net50_fpn_synthetic`.
+CASCADE_RECIPES = {
+    "cascade_rcnn": ("faster_rcnn", None, "45.7 box AP"),
+    "cascade_mask_rcnn": ("mask_rcnn", None, "46.4 box / 40.0 mask AP"),
+    "htc": ("mask_rcnn", {}, "47.5 box / 41.6 mask AP (with COCO-Stuff maps)"),
+    "htc_without_semantic": ("mask_rcnn", {"semantic": False}, "no published R2-101 figure"),
+}
+COCO_STUFF_MAPS = "stuffthingmaps_trainval2017/train2017"  # under the data dir
+SYNTHETIC_SEMANTIC_CLASSES = 4  # background + the 3 shapes
+
+
+def _with_cascade(config: ExperimentConfig, htc: HTCConfig | None,
+                  semantic_maps: str) -> ExperimentConfig:
     """Turn a (Mask) R-CNN experiment into its cascade (or HTC): three class-agnostic
-    stages and smooth-L1 box losses (beta 1/9 for the RPN, 1 for the stages)."""
+    stages and smooth-L1 box losses (beta 1/9 for the RPN, 1 for the stages); HTC's
+    semantic branch reads the label maps in `semantic_maps`."""
     config.model.cascade = CascadeConfig()
     config.model.htc = htc
     config.model.rpn.smooth_l1_beta = 1.0 / 9.0
     config.model.roi.smooth_l1_beta = 1.0
+    if htc is not None and htc.semantic:
+        config.data.train_semantic = semantic_maps
     return config
 
 
-def _cascade(config: ExperimentConfig, *, htc: HTCConfig | None = None) -> ExperimentConfig:
+def _coco_cascade(base: str, htc: dict | None) -> ExperimentConfig:
     """mmdetection's `*_20e` cascade recipe: 2000 RPN proposals in training, 20 epochs with
     the learning rate dropped at 16 and 19."""
-    _with_cascade(config, htc)
+    config = _with_cascade(get_experiment(f"{base}_res2net101_fpn_coco"),
+                           None if htc is None else HTCConfig(**htc), COCO_STUFF_MAPS)
     config.model.rpn.train_post_nms_topk = 2000
     config.train.epochs = 20
     config.train.decay_epochs = (16, 19)
     return config
 
 
-@register_experiment("cascade_rcnn_res2net101_fpn_coco")
-def cascade_rcnn_res2net101_fpn_coco() -> ExperimentConfig:
-    """mmdetection `cascade_rcnn_r2_101_fpn_20e_coco`: 45.7 box AP (COCO val)."""
-    return _cascade(faster_rcnn_res2net101_fpn_coco())
+def _synthetic_cascade(base: str, htc: dict | None) -> ExperimentConfig:
+    """The synthetic experiment's sizes and schedule, with the cascade's heads and losses."""
+    htc_config = None if htc is None else HTCConfig(**htc)
+    if htc_config is not None and htc_config.semantic:
+        htc_config.semantic_classes = SYNTHETIC_SEMANTIC_CLASSES
+    return _with_cascade(get_experiment(f"{base}_res2net50_fpn_synthetic"), htc_config,
+                         "train_semantic")
 
 
-@register_experiment("cascade_mask_rcnn_res2net101_fpn_coco")
-def cascade_mask_rcnn_res2net101_fpn_coco() -> ExperimentConfig:
-    """mmdetection `cascade_mask_rcnn_r2_101_fpn_20e_coco`: 46.4 box / 40.0 mask AP."""
-    return _cascade(mask_rcnn_res2net101_fpn_coco())
+def _register_cascades() -> None:
+    for name, (base, htc, reference) in CASCADE_RECIPES.items():
+        coco = functools.partial(_coco_cascade, base, htc)
+        coco.__doc__ = f"mmdetection `{name}_r2_101_fpn_20e_coco`: {reference}."
+        register_experiment(f"{name}_res2net101_fpn_coco")(coco)
+        register_experiment(f"{name}_res2net50_fpn_synthetic")(
+            functools.partial(_synthetic_cascade, base, htc))
 
 
-@register_experiment("htc_res2net101_fpn_coco")
-def htc_res2net101_fpn_coco() -> ExperimentConfig:
-    """mmdetection `htc_r2_101_fpn_20e_coco`: 47.5 box / 41.6 mask AP.
-
-    Reads COCO-Stuff label maps (`stuffthingmaps_trainval2017/train2017/*.png`) for the
-    semantic branch.
-    """
-    config = _cascade(mask_rcnn_res2net101_fpn_coco(), htc=HTCConfig())
-    config.data.train_semantic = "stuffthingmaps_trainval2017/train2017"
-    return config
-
-
-@register_experiment("htc_without_semantic_res2net101_fpn_coco")
-def htc_without_semantic_res2net101_fpn_coco() -> ExperimentConfig:
-    """HTC without the semantic branch (mmdetection's `htc_without_semantic_r50` recipe on
-    the R2-101 backbone): no COCO-Stuff maps needed."""
-    return _cascade(mask_rcnn_res2net101_fpn_coco(), htc=HTCConfig(semantic=False))
-
-
-@register_experiment("cascade_rcnn_res2net50_fpn_synthetic")
-def cascade_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
-    return _with_cascade(faster_rcnn_res2net50_fpn_synthetic())
-
-
-@register_experiment("cascade_mask_rcnn_res2net50_fpn_synthetic")
-def cascade_mask_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
-    return _with_cascade(mask_rcnn_res2net50_fpn_synthetic())
-
-
-@register_experiment("htc_res2net50_fpn_synthetic")
-def htc_res2net50_fpn_synthetic() -> ExperimentConfig:
-    """HTC with the semantic branch on generated label maps (background + 3 shapes)."""
-    htc = HTCConfig(semantic_classes=4)
-    config = _with_cascade(mask_rcnn_res2net50_fpn_synthetic(), htc)
-    config.data.train_semantic = "train_semantic"
-    return config
-
-
-@register_experiment("htc_without_semantic_res2net50_fpn_synthetic")
-def htc_without_semantic_res2net50_fpn_synthetic() -> ExperimentConfig:
-    return _with_cascade(mask_rcnn_res2net50_fpn_synthetic(), HTCConfig(semantic=False))
+_register_cascades()
