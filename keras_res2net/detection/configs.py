@@ -22,6 +22,9 @@ class BackboneConfig:
     scale: int | None = None
     frozen_stages: int = 1  # stem + layer1 frozen (mmdetection frozen_stages=1)
     norm_eval: bool = True  # BatchNorm in inference mode, statistics never updated
+    # mmdetection's Res2Net skips the 3x3 average pool of the stride-1 stage block (layer1);
+    # the official/timm Res2Net has it. False is mmdetection's (the published detectors).
+    stage_pool: bool = False
 
 
 @dataclasses.dataclass
@@ -39,7 +42,8 @@ class RPNConfig:
     min_pos_iou: float = 0.3
     num_samples: int = 256
     pos_fraction: float = 0.5
-    pre_nms_topk: int = 2000  # per level, as mmdetection's nms_pre
+    pre_nms_topk: int = 2000  # per level in training, as mmdetection's train nms_pre
+    test_pre_nms_topk: int = 1000  # per level at test time (mmdetection's test nms_pre)
     post_nms_topk: int = 1000
     nms_iou: float = 0.7
     train_post_nms_topk: int | None = None  # None: same as post_nms_topk
@@ -55,7 +59,9 @@ class ROIConfig:
     add_gt_as_proposals: bool = True
     box_pool_size: int = 7
     mask_pool_size: int = 14
-    sampling_ratio: int = 2
+    # RoIAlign samples per bin and axis; 0 is mmcv's adaptive `ceil(roi size / output size)`
+    # (what every published config uses), N > 0 a fixed N x N grid.
+    sampling_ratio: int = 0
     box_stds: tuple = (0.1, 0.1, 0.2, 0.2)
     smooth_l1_beta: float = 0.0  # 0: L1 box loss (Mask R-CNN); cascades use 1.0
 
@@ -96,6 +102,9 @@ class HTCConfig:
     semantic_classes: int = 183
     semantic_loss_weight: float = 0.2
     semantic_convs: int = 4
+    # Test-time masks: "mean" of the three stages' sigmoid masks (mmdetection 2.x, which
+    # produced the published 41.6 mask AP) or the "last" stage's alone (mmdetection 3.x).
+    test_mask_merge: str = "mean"
 
 
 @dataclasses.dataclass
@@ -108,6 +117,8 @@ class HeadConfig:
 
 @dataclasses.dataclass
 class DetectionConfig:
+    """The final per-class NMS (mmdetection's `test_cfg.rcnn`)."""
+
     nms_iou: float = 0.5
     score_threshold: float = 0.05
     max_detections: int = 100
@@ -226,8 +237,8 @@ def mask_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
         backbone=BackboneConfig(name="res2net50_v1b_26w_4s", layers=(1, 1, 1, 1),
                                 base_width=8, scale=4, frozen_stages=-1, norm_eval=False),
         anchors=AnchorConfig(scales=(4,)),
-        rpn=RPNConfig(num_samples=128, pre_nms_topk=500, post_nms_topk=100,
-                      train_post_nms_topk=300),
+        rpn=RPNConfig(num_samples=128, pre_nms_topk=500, test_pre_nms_topk=500,
+                      post_nms_topk=100, train_post_nms_topk=300),
         roi=ROIConfig(num_samples=64),
         heads=HeadConfig(fpn_channels=64, fc_dim=256, mask_channels=64),
     )
@@ -268,6 +279,8 @@ def _with_cascade(config: ExperimentConfig, htc: HTCConfig | None,
     config.model.htc = htc
     config.model.rpn.smooth_l1_beta = 1.0 / 9.0
     config.model.roi.smooth_l1_beta = 1.0
+    if htc is not None:
+        config.model.detection.score_threshold = 0.001  # mmdetection's HTC test_cfg
     if htc is not None and htc.semantic:
         config.data.train_semantic = semantic_maps
     return config
