@@ -35,6 +35,11 @@ from keras_res2net.detection.schedules import WarmupStepDecay
 from keras_res2net.detection.targets import RoiSample, gather_rows, sample_rois
 
 
+def model_inputs(batch: dict) -> dict:
+    """The detector's inputs in a pipeline batch: images and, when present, image sizes."""
+    return {key: batch[key] for key in ("images", "image_sizes") if key in batch}
+
+
 class DetectionTask:
     """Everything an experiment needs, built from its `ExperimentConfig`."""
 
@@ -87,14 +92,15 @@ class DetectionTask:
         """All losses for a batch of padded ground truth; `total_loss` is their sum."""
         cfg = self.config.model
         images = inputs["images"]
+        image_sizes = model.image_sizes(images, inputs.get("image_sizes"))
         gt = (ops.cast(inputs["boxes"], "float32"), ops.cast(inputs["classes"], "int32"))
         gt = (*gt, gt[1] > 0)  # boxes, classes, valid
-        features = model.extract(images, training=training)
+        features = model.extract(images, training=training,
+                                 image_sizes=inputs.get("image_sizes"))
         scores, deltas, anchors = model.rpn(features)
         result = self._rpn_losses(scores, deltas, anchors, gt, ops.shape(images)[0])
         topk = cfg.rpn.train_post_nms_topk or cfg.rpn.post_nms_topk
-        proposals, valid = model.propose(scores, deltas, anchors, model.image_shape(images),
-                                         topk)
+        proposals, valid = model.propose(scores, deltas, anchors, image_sizes, topk)
         if cfg.cascade is None:
             result.update(self._rcnn_losses(model, features, proposals, valid, gt, inputs,
                                             training))
@@ -170,7 +176,7 @@ class DetectionTask:
         """
         cfg = self.config.model
         cascade, htc = cfg.cascade, cfg.htc
-        image_shape = model.image_shape(inputs["images"])
+        image_sizes = model.image_sizes(inputs["images"], inputs.get("image_sizes"))
         result = {}
         semantic_logits, semantic_feature = model.semantic(features, training=training)
         if semantic_logits is not None:
@@ -189,7 +195,7 @@ class DetectionTask:
                                               training=training)
             for name, value in self._box_losses(logits, deltas, sample, f"s{stage}_").items():
                 result[name] = weight * value
-            rois = model.refine(sample.rois, logits, deltas, stage, image_shape,
+            rois = model.refine(sample.rois, logits, deltas, stage, image_sizes,
                                 sample.classes)
             roi_valid = ops.logical_and(sample.is_sampled, ops.logical_not(sample.is_gt))
             if cfg.include_mask:
@@ -224,8 +230,9 @@ class DetectionTask:
         return losses
 
     def validation_step(self, inputs: dict, model: TwoStageDetector) -> dict:
-        """Detections for a batch (padded-image coordinates)."""
-        return model(inputs["images"], training=False)
+        """Detections for a batch (resized-image coordinates), each image clipped to and
+        normalised within its own size when the batch carries "image_sizes"."""
+        return model(model_inputs(inputs), training=False)
 
     def postprocess(self, outputs: dict, inputs: dict) -> list[dict]:
         """Per image: boxes (original pixels), scores, classes and pasted binary masks."""

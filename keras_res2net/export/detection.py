@@ -73,7 +73,9 @@ def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult
     padded_size = -(-size // divisor) * divisor
     padded = np.zeros((len(images), padded_size, padded_size, 3), np.float32)
     padded[:, :size, :size] = images
-    reference = {k: np.asarray(v) for k, v in model(padded, training=False).items()}
+    sizes = np.full((len(images), 2), size, np.float32)
+    reference = {k: np.asarray(v) for k, v in
+                 model({"images": padded, "image_sizes": sizes}, training=False).items()}
     outputs = ", ".join(sorted(reference))
     print(f"{args.experiment}: input uint8 RGB images (batch, height, width, 3), outputs "
           f"{outputs}; checked on {len(images)} generated {size}x{size} shapes images")

@@ -114,7 +114,7 @@ def cascade_mask():
 def test_refine_decodes_with_each_stage_stds_and_clips(cascade):
     _, model = cascade
     assert isinstance(model, CascadeRCNN) and model.num_stages == 3
-    image_shape = (float(IMAGE), float(IMAGE))
+    image_shape = np.array([[IMAGE, IMAGE]], np.float32)  # (height, width) of each image
     rois = np.array([[[10, 10, 30, 50], [50, 10, 60, 20]]], np.float32)  # w 20, w 10
     deltas = np.array([[[[1.0, 0.0, 0.0, 0.0]], [[0.0, 0.0, 4.0, 4.0]]]], np.float32)
     logits = np.zeros((1, 2, 4), np.float32)
@@ -140,7 +140,7 @@ def test_refine_class_specific_picks_label_or_best_class(cascade):
     deltas = np.zeros((1, 2, 3, 4), np.float32)
     deltas[..., 0] = [1.0, 2.0, 3.0]
     logits = np.array([[[9.0, 5.0, 1.0, 0.0], [9.0, 0.0, 5.0, 1.0]]], np.float32)
-    refined = np.asarray(model.refine(rois, logits, deltas, 0, (64.0, 64.0),
+    refined = np.asarray(model.refine(rois, logits, deltas, 0, np.array([[64.0, 64.0]]),
                                       classes=np.array([[3, 0]], np.int32)))
     np.testing.assert_allclose(refined[0, :, 0] - 10.0, [3 * 0.1 * 20, 2 * 0.1 * 20], rtol=1e-5)
 
@@ -150,7 +150,7 @@ def test_refine_stops_the_gradient(cascade):
     rois = tf.constant([[[10.0, 10.0, 30.0, 50.0]]])
     deltas = tf.Variable(tf.fill((1, 1, 1, 4), 0.5))
     with tf.GradientTape() as tape:
-        refined = model.refine(rois, tf.zeros((1, 1, 4)), deltas, 1, (64.0, 64.0))
+        refined = model.refine(rois, tf.zeros((1, 1, 4)), deltas, 1, np.array([[64.0, 64.0]]))
         total = tf.reduce_sum(refined)
     assert tape.gradient(total, deltas) is None
 

@@ -23,7 +23,7 @@ def test_saved_model_serves_detections(tmp_path):
     served = serve(images=tf.constant(image))
     padded = np.zeros((1, 96, 96, 3), np.float32)
     padded[:, :70, :90] = image
-    expected = model(padded)
+    expected = model({"images": padded, "image_sizes": np.array([[70.0, 90.0]])})
     assert set(served) == {"boxes", "scores", "classes", "num_detections", "masks"}
     assert served["masks"].shape == (1, 100, 28, 28)
     for key in ("boxes", "scores", "classes", "num_detections"):
@@ -103,7 +103,8 @@ def test_every_cascade_experiment_serves_detections(tmp_path, experiment):
     serve = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
     image = np.random.default_rng(1).integers(0, 256, (2, 64, 80, 3), dtype=np.uint8)
     served = serve(images=tf.constant(image))
-    expected = model(np.pad(image, [(0, 0), (0, 0), (0, 16), (0, 0)]).astype(np.float32))
+    expected = model({"images": np.pad(image, [(0, 0), (0, 0), (0, 16), (0, 0)]).astype(
+        np.float32), "image_sizes": np.array([[64.0, 80.0]] * 2)})
     keys = {"boxes", "scores", "classes", "num_detections"}
     assert set(served) == (keys if experiment.startswith("cascade_rcnn") else keys | {"masks"})
     for key in served:

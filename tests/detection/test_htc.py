@@ -253,7 +253,8 @@ def test_semantic_roi_features_are_added_as_mmdetection_pools_them(htc_semantic)
     assert tuple(logits.shape) == (2, 8, 8, 4) and tuple(semantic.shape) == (2, 8, 8, 16)
     rois = np.array([[[4, 4, 30, 30], [10, 10, 40, 50]]] * 2, np.float32)
     fpn = model._pool_rois(features, rois, 14)
-    at14 = np.asarray(semantic_roi_features(semantic, rois, 14, sampling_ratio=2))
+    at14 = np.asarray(semantic_roi_features(semantic, rois, 14,
+                                            sampling_ratio=model.config.roi.sampling_ratio))
     np.testing.assert_allclose(np.asarray(model.roi_features(features, rois, 14, semantic)),
                                np.asarray(fpn) + at14, atol=1e-5)
     # Box branch: mmdetection pools 14x14 and average-pools each 2x2 window down to 7x7.

@@ -33,28 +33,32 @@ def _bilinear(feature, y, x):
 
 
 def reference_roi_align(feature, roi, scale, out, samples):
+    """mmcv's kernel; `samples=0` is its adaptive `ceil(bin size)` samples per axis."""
     x1, y1, x2, y2 = (v * scale - 0.5 for v in roi)
     bin_h, bin_w = (y2 - y1) / out, (x2 - x1) / out
+    grid_h = samples or max(int(np.ceil(bin_h)), 0)
+    grid_w = samples or max(int(np.ceil(bin_w)), 0)
     result = np.zeros((out, out, feature.shape[2]))
     for ph in range(out):
         for pw in range(out):
             acc = 0.0
-            for iy in range(samples):
-                y = y1 + ph * bin_h + (iy + 0.5) * bin_h / samples
-                for ix in range(samples):
-                    x = x1 + pw * bin_w + (ix + 0.5) * bin_w / samples
+            for iy in range(grid_h):
+                y = y1 + ph * bin_h + (iy + 0.5) * bin_h / grid_h
+                for ix in range(grid_w):
+                    x = x1 + pw * bin_w + (ix + 0.5) * bin_w / grid_w
                     acc = acc + _bilinear(feature, y, x)
-            result[ph, pw] = acc / samples**2
+            result[ph, pw] = acc / max(grid_h * grid_w, 1)
     return result
 
 
 def test_levels_follow_the_fpn_rule():
     sides = np.array([10.0, 56.0, 111.9, 112.0, 224.0, 448.0, 2000.0])
+    # mmdetection's map_roi_levels: floor(log2(scale / 56 + 1e-6)), clipped to 0..3
     rois = np.stack([np.zeros_like(sides), np.zeros_like(sides), sides, sides], -1)[None]
     np.testing.assert_array_equal(roi_levels(rois, 2, 5), [[2, 2, 2, 3, 4, 5, 5]])
 
 
-@pytest.mark.parametrize("samples", [1, 2])
+@pytest.mark.parametrize("samples", [0, 1, 2])
 def test_multilevel_matches_reference(samples):
     rng = np.random.default_rng(0)
     features = {"P2": rng.normal(size=(2, 16, 24, 3)).astype(np.float32),
@@ -89,3 +93,32 @@ def test_crop_masks_picks_the_matched_mask():
     crops = np.asarray(crop_masks(masks, boxes, np.array([[0, 1]]), output_size=4))
     np.testing.assert_allclose(crops[0, 0], np.ones((4, 4)))
     np.testing.assert_allclose(crops[0, 1], np.tile([1.0, 1.0, 0.0, 0.0], (4, 1)))
+
+
+def test_adaptive_sampling_counts_differ_per_roi():
+    """A tall thin RoI takes many samples along y and one along x: a fixed grid differs."""
+    rng = np.random.default_rng(1)
+    feature = rng.normal(size=(1, 40, 40, 2)).astype(np.float32)
+    rois = np.array([[[4.0, 2.0, 9.0, 150.0], [30.0, 30.0, 31.0, 31.0]]], np.float32)
+    pooled = np.asarray(multilevel_roi_align({"P2": feature}, rois, output_size=7))
+    fixed = np.asarray(multilevel_roi_align({"P2": feature}, rois, output_size=7,
+                                            sampling_ratio=2))
+    for r in range(2):
+        expected = reference_roi_align(feature[0], rois[0, r], 0.25, 7, 0)
+        np.testing.assert_allclose(pooled[0, r], expected, atol=1e-5)
+    assert np.abs(pooled[0, 0] - fixed[0, 0]).max() > 1e-3
+
+
+def test_adaptive_grid_equals_pooling_finer_then_averaging():
+    """HTC's semantic RoI features: 14x14 adaptive then 2x2 average == 7x7, adaptive_grid=14."""
+    rng = np.random.default_rng(2)
+    feature = rng.normal(size=(1, 30, 30, 3)).astype(np.float32)
+    rois = np.array([[[3.0, 5.0, 170.0, 90.0], [10.0, 10.0, 40.0, 200.0],
+                      [0.0, 0.0, 13.0, 13.0]]], np.float32)
+    fine = np.asarray(multilevel_roi_align({"P3": feature}, rois, output_size=14))
+    coarse = np.asarray(multilevel_roi_align({"P3": feature}, rois, output_size=7,
+                                             adaptive_grid=14))
+    averaged = fine.reshape(1, 3, 7, 2, 7, 2, 3).mean(axis=(3, 5))
+    np.testing.assert_allclose(coarse, averaged, atol=1e-5)
+    plain = np.asarray(multilevel_roi_align({"P3": feature}, rois, output_size=7))
+    assert np.abs(plain - averaged).max() > 1e-4  # the count rule matters

@@ -4,7 +4,9 @@ mmdetection's transforms: the image is resized (bilinear) by the largest factor 
 `max_size` (long side, short side) keeping the aspect ratio; masks follow with nearest
 neighbour, boxes are scaled; training flips horizontally with probability 0.5; images are
 padded bottom/right to a multiple of `size_divisor`. Ground truth is padded to
-`max_instances` rows (class 0 = padding). An optional semantic label map (example key
+`max_instances` rows (class 0 = padding); "image_sizes" keeps each image's resized (height,
+width), so the model can zero the padding after normalising and clip boxes per image as
+mmdetection does. An optional semantic label map (example key
 "semantic", (H, W) uint8) follows the masks (nearest neighbour, flip) and is padded with
 `SEMANTIC_IGNORE` (mmdetection's `seg_pad_val=255`), in the image and in the batch.
 """
@@ -50,15 +52,25 @@ _SIGNATURE = {
 _SEMANTIC_SPEC = tf.TensorSpec([None, None], tf.uint8)
 
 
+def resized_size(shape, max_size):
+    """(height, width) after mmcv's `imrescale` to fit `max_size` (long side, short side):
+    the largest factor that fits, computed in float64, sides rounded half up
+    (`int(side * factor + 0.5)`)."""
+    shape = tf.cast(shape, tf.float64)
+    long_side, short_side = tf.reduce_max(shape), tf.reduce_min(shape)
+    factor = tf.minimum(float(max_size[0]) / long_side, float(max_size[1]) / short_side)
+    return tf.cast(tf.floor(shape * factor + 0.5), tf.int32)
+
+
 def resize_and_pad(example: dict, max_size, size_divisor: int, flip) -> dict:
     """Resize to fit `max_size` (long, short), optionally flip, pad; see the module doc."""
     image = example["image"]
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    long_side, short_side = tf.reduce_max(shape), tf.reduce_min(shape)
-    factor = tf.minimum(max_size[0] / long_side, max_size[1] / short_side)
-    new_size = tf.cast(tf.round(shape * factor), tf.int32)
+    new_size = resized_size(tf.shape(image)[:2], max_size)
     scales = tf.cast(new_size, tf.float32) / shape  # (h_scale, w_scale)
+    # Bilinear, then rounded to integer levels: mmcv resizes uint8 images to uint8.
     image = tf.image.resize(tf.cast(image, tf.float32), new_size, method="bilinear")
+    image = tf.round(tf.clip_by_value(image, 0.0, 255.0))
     # A blank channel, dropped after padding: resize and pad need at least one.
     masks = tf.transpose(example["masks"], [1, 2, 0])
     blank = tf.zeros(tf.concat([tf.shape(masks)[:2], [1]], axis=0), masks.dtype)
@@ -83,7 +95,8 @@ def resize_and_pad(example: dict, max_size, size_divisor: int, flip) -> dict:
     masks = tf.image.pad_to_bounding_box(masks, 0, 0, padded[0], padded[1])
     out = {"images": image, "boxes": boxes, "classes": example["classes"],
            "masks": tf.transpose(masks[..., :-1], [2, 0, 1]), "image_ids": example["image_id"],
-           "scales": scales, "original_sizes": tf.cast(shape, tf.int32)}
+           "scales": scales, "original_sizes": tf.cast(shape, tf.int32),
+           "image_sizes": tf.cast(new_size, tf.float32)}
     if semantic is not None:
         out["semantic"] = tf.pad(semantic, [[0, padded[0] - new_size[0]],
                                             [0, padded[1] - new_size[1]]],
@@ -106,8 +119,8 @@ def build_dataset(dataset: CocoDataset | tf.data.Dataset, *, batch_size: int,
                   training: bool = False, cache: bool = False,
                   seed: int | None = None) -> tf.data.Dataset:
     """Batches of `{"images", "boxes", "classes", "masks", "image_ids", "scales",
-    "original_sizes"}` (and "semantic" (B, Hp, Wp) uint8 when the examples have semantic
-    maps); training shuffles, flips and repeats forever.
+    "original_sizes", "image_sizes"}` (and "semantic" (B, Hp, Wp) uint8 when the examples
+    have semantic maps); training shuffles, flips and repeats forever.
 
     `dataset` is a loaded COCO JSON set, or any tf.data.Dataset of raw examples in
     `raw_dataset`'s format (e.g. `tfds_coco.load`)."""
@@ -127,7 +140,8 @@ def build_dataset(dataset: CocoDataset | tf.data.Dataset, *, batch_size: int,
     data = data.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     padded_shapes = {"images": [None, None, 3], "boxes": [max_instances, 4],
                      "classes": [max_instances], "masks": [max_instances, None, None],
-                     "image_ids": [], "scales": [2], "original_sizes": [2]}
+                     "image_ids": [], "scales": [2], "original_sizes": [2],
+                     "image_sizes": [2]}
     if "semantic" in data.element_spec:
         padded_shapes["semantic"] = [None, None]
     padding_values = {key: tf.constant(SEMANTIC_IGNORE if key == "semantic" else 0, spec.dtype)

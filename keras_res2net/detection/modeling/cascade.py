@@ -76,20 +76,20 @@ class CascadeRCNN(TwoStageDetector):
         count = self.num_stages if num_stages is None else num_stages
         return [self.mask_heads[stage](pooled, training=training) for stage in range(count)]
 
-    def decode_boxes(self, rois, deltas, stage: int, image_shape):
-        """Stage `stage`'s regressed boxes (B, N, 1 or K, 4), clipped to the image."""
+    def decode_boxes(self, rois, deltas, stage: int, image_sizes):
+        """Stage `stage`'s regressed boxes (B, N, 1 or K, 4), clipped to each image."""
         boxes = box_ops.decode(deltas, ops.expand_dims(rois, 2),
                                self.config.cascade.stage_box_stds[stage])
-        return box_ops.clip(boxes, image_shape[0], image_shape[1])
+        return box_ops.clip_to_images(boxes, image_sizes)
 
-    def refine(self, rois, logits, deltas, stage: int, image_shape, classes=None):
+    def refine(self, rois, logits, deltas, stage: int, image_sizes, classes=None):
         """The boxes stage `stage` hands to the next one (B, N, 4), without gradient.
 
         Class-agnostic heads have one box per RoI. Class-specific heads use the box of
         `classes` (1..K) where given and positive, else of the most likely object class,
         as mmdetection's `refine_bboxes`.
         """
-        boxes = self.decode_boxes(rois, deltas, stage, image_shape)
+        boxes = self.decode_boxes(rois, deltas, stage, image_sizes)
         if ops.shape(boxes)[2] == 1:
             return ops.stop_gradient(boxes[:, :, 0])
         best = ops.argmax(logits[..., 1:], axis=-1)
@@ -99,26 +99,31 @@ class CascadeRCNN(TwoStageDetector):
         return ops.stop_gradient(ops.sum(boxes * pick[..., None], axis=2))
 
     # -- inference ------------------------------------------------------------------------
-    def call(self, images, training: bool = False) -> dict:
+    def call(self, inputs, training: bool = False) -> dict:
         """Detections as `MaskRCNN.call`: stage logits averaged, last stage's boxes, masks
-        averaged over the stages' mask heads."""
-        image_shape = self.image_shape(images)
-        features, rois, valid = self.inference_proposals(images)
+        merged over the stages' mask heads (`merge_stage_masks`)."""
+        images, image_sizes = self.unpack(inputs)
+        features, rois, valid = self.inference_proposals(images, image_sizes)
         _, semantic_feature = self.semantic(features)
         stage_logits = []
         for stage in range(self.num_stages):
             logits, deltas = self.box_branch(features, rois, stage, semantic_feature)
             stage_logits.append(logits)
             if stage < self.num_stages - 1:
-                rois = self.refine(rois, logits, deltas, stage, image_shape)
-        boxes = self.decode_boxes(rois, deltas, self.num_stages - 1, image_shape)
+                rois = self.refine(rois, logits, deltas, stage, image_sizes)
+        boxes = self.decode_boxes(rois, deltas, self.num_stages - 1, image_sizes)
         probs = average_stage_scores(stage_logits)[..., 1:]
         probs = probs * ops.cast(valid, probs.dtype)[..., None]
         outputs, det_classes = self.detect(boxes, probs)
         if self.mask_heads:
             logits = self.stage_mask_logits(features, outputs["boxes"], semantic_feature)
-            outputs["masks"] = average_stage_masks(logits, det_classes)
+            outputs["masks"] = self.merge_stage_masks(logits, det_classes)
         return outputs
+
+    def merge_stage_masks(self, stage_logits: list, classes):
+        """Test-time mask of each detection: the mean of the stages' sigmoid masks (Cascade
+        Mask R-CNN in every mmdetection version)."""
+        return average_stage_masks(stage_logits, classes)
 
 
 def average_stage_scores(stage_logits: list):

@@ -39,10 +39,32 @@ class TwoStageDetector(keras.Model):
         self.rpn_head = RPNHead(heads.fpn_channels, num_anchors, name="rpn_head")
 
     # -- pieces ---------------------------------------------------------------------------
-    def extract(self, images, training: bool = False) -> dict:
-        """FPN features P2..P6 of raw RGB images."""
+    @staticmethod
+    def unpack(inputs):
+        """`(images, image_sizes)` of a model input: an image batch, or a dict with
+        "images" and optionally "image_sizes" (default: every image fills the batch)."""
+        sizes = None
+        if isinstance(inputs, dict):
+            sizes = inputs.get("image_sizes")
+            inputs = inputs["images"]
+        return inputs, TwoStageDetector.image_sizes(inputs, sizes)
+
+    @staticmethod
+    def image_sizes(images, image_sizes=None):
+        """(B, 2) float32 (height, width) of each image; the padded size when not given."""
+        if image_sizes is not None:
+            return ops.cast(image_sizes, "float32")
+        shape = ops.shape(images)
+        size = ops.cast(ops.stack([shape[1], shape[2]]), "float32")
+        return ops.broadcast_to(size[None], (shape[0], 2))
+
+    def extract(self, images, training: bool = False, image_sizes=None) -> dict:
+        """FPN features P2..P6 of raw RGB images, normalised, then zero on the padding."""
         backbone_training = training and not self.config.backbone.norm_eval
-        features = self.backbone(preprocess_input(images), training=backbone_training)
+        normalised = preprocess_input(images)
+        if image_sizes is not None:
+            normalised = normalised * padding_mask(ops.shape(images), image_sizes)
+        features = self.backbone(normalised, training=backbone_training)
         return self.fpn(features)
 
     def rpn(self, features: dict):
@@ -53,21 +75,23 @@ class TwoStageDetector(keras.Model):
                                      self.config.anchors.scales, self.config.anchors.ratios)
         return scores, deltas, anchors
 
-    def propose(self, scores: dict, deltas: dict, anchors: dict, image_shape,
-                post_nms_topk: int):
-        """Top-k per level, decode, clip, NMS per level: (B, P, 4) boxes and (B, P) validity."""
+    def propose(self, scores: dict, deltas: dict, anchors: dict, image_sizes,
+                post_nms_topk: int, pre_nms_topk: int | None = None):
+        """Top-k per level, decode, clip to each image, NMS per level: (B, P, 4) boxes and
+        (B, P) validity. `pre_nms_topk` defaults to the training value."""
         rpn = self.config.rpn
+        pre_nms_topk = pre_nms_topk or rpn.pre_nms_topk
         all_boxes, all_scores, all_levels = [], [], []
         for index, level in enumerate(scores):
             logits = scores[level]
             count = logits.shape[1]  # None when the image size is only known at run time
-            k = (ops.minimum(rpn.pre_nms_topk, ops.shape(logits)[1]) if count is None
-                 else min(rpn.pre_nms_topk, count))
+            k = (ops.minimum(pre_nms_topk, ops.shape(logits)[1]) if count is None
+                 else min(pre_nms_topk, count))
             top_scores, top_index = ops.top_k(logits, k)
             top_deltas = ops.take_along_axis(deltas[level], top_index[..., None], axis=1)
             top_anchors = ops.take(anchors[level], top_index, axis=0)
             boxes = box_ops.decode(top_deltas, top_anchors)
-            boxes = box_ops.clip(boxes, image_shape[0], image_shape[1])
+            boxes = box_ops.clip_to_images(boxes, image_sizes)
             all_boxes.append(boxes)
             all_scores.append(ops.sigmoid(top_scores))
             all_levels.append(ops.full_like(top_scores, index, dtype="int32"))
@@ -91,18 +115,15 @@ class TwoStageDetector(keras.Model):
                                     ops.stop_gradient(rois), output_size=output_size,
                                     sampling_ratio=self.config.roi.sampling_ratio)
 
-    @staticmethod
-    def image_shape(images):
-        """(height, width) of the padded batch as float32 scalars."""
-        return (ops.cast(ops.shape(images)[1], "float32"),
-                ops.cast(ops.shape(images)[2], "float32"))
-
-    def inference_proposals(self, images):
-        """FPN features, RPN proposals (B, P, 4) and their validity for inference."""
-        features = self.extract(images, training=False)
+    def inference_proposals(self, images, image_sizes=None):
+        """FPN features, RPN proposals (B, P, 4) and their validity for inference
+        (mmdetection's test-time `nms_pre`); sizes default to the padded batch's."""
+        image_sizes = self.image_sizes(images, image_sizes)
+        features = self.extract(images, training=False, image_sizes=image_sizes)
         scores, deltas, anchors = self.rpn(features)
-        proposals, valid = self.propose(scores, deltas, anchors, self.image_shape(images),
-                                        self.config.rpn.post_nms_topk)
+        rpn = self.config.rpn
+        proposals, valid = self.propose(scores, deltas, anchors, image_sizes,
+                                        rpn.post_nms_topk, rpn.test_pre_nms_topk)
         return features, proposals, valid
 
     def detect(self, boxes, probs):
@@ -142,22 +163,31 @@ class MaskRCNN(TwoStageDetector):
         return self.mask_head(pooled, training=training)
 
     # -- inference ------------------------------------------------------------------------
-    def call(self, images, training: bool = False) -> dict:
+    def call(self, inputs, training: bool = False) -> dict:
         """Detections: boxes (B, D, 4) xyxy, scores, classes (1..K, 0 = padding),
         num_detections (B,), and masks (B, D, 28, 28) probabilities in box coordinates."""
-        image_shape = self.image_shape(images)
-        features, proposals, valid = self.inference_proposals(images)
+        images, image_sizes = self.unpack(inputs)
+        features, proposals, valid = self.inference_proposals(images, image_sizes)
         logits, box_deltas = self.box_branch(features, proposals)
         probs = ops.softmax(logits, axis=-1)[..., 1:]
         probs = probs * ops.cast(valid, probs.dtype)[..., None]
         stds = self.config.roi.box_stds
         boxes = box_ops.decode(box_deltas, ops.expand_dims(proposals, 2), stds)
-        boxes = box_ops.clip(boxes, image_shape[0], image_shape[1])
+        boxes = box_ops.clip_to_images(boxes, image_sizes)
         outputs, det_classes = self.detect(boxes, probs)
         if self.mask_head is not None:
             mask_logits = self.mask_branch(features, outputs["boxes"])
             outputs["masks"] = ops.sigmoid(select_class(mask_logits, det_classes))
         return outputs
+
+
+def padding_mask(shape, image_sizes):
+    """(B, H, W, 1) float32: 1 inside each image's (height, width), 0 on the padding."""
+    rows = ops.cast(ops.arange(shape[1]), "float32")[None, :, None]
+    cols = ops.cast(ops.arange(shape[2]), "float32")[None, None, :]
+    sizes = ops.cast(image_sizes, "float32")
+    inside = (rows < sizes[:, 0, None, None]) & (cols < sizes[:, 1, None, None])
+    return ops.cast(inside, "float32")[..., None]
 
 
 def select_class(mask_logits, classes):

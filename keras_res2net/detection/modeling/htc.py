@@ -5,7 +5,9 @@ projection of stage t-1's mask features, computed by running the earlier heads o
 RoIs) and an optional fused semantic branch whose feature map is RoI-pooled and added to the
 box (7x7) and mask (14x14) RoI features. mmdetection pools the semantic map at 14x14 and
 average-pools to 7x7 for boxes: the same numbers as pooling at 7x7 with twice the samples
-per bin, which is what this does. The interleaved training order lives in the task.
+per bin, which is what this does. At test time the stages' masks are merged as
+`HTCConfig.test_mask_merge` says (mmdetection 2.x and 3.x differ). The interleaved training
+order lives in the task.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from keras import ops
 
 from keras_res2net.detection.configs import ModelConfig
 from keras_res2net.detection.modeling.cascade import CascadeRCNN
+from keras_res2net.detection.modeling.detector import select_class
 from keras_res2net.detection.modeling.semantic import FusedSemanticHead, semantic_roi_features
 
 SEMANTIC_LEVEL = "P3"  # mmdetection's fusion_level=1: the stride-8 map
@@ -47,11 +50,27 @@ class HybridTaskCascade(CascadeRCNN):
         pooled = self._pool_rois(features, rois, output_size)
         if semantic_feature is None:
             return pooled
+        # mmdetection pools the semantic map at the mask size (14) and averages down to the
+        # box size: the same as pooling at the box size with the finer sample count.
         roi = self.config.roi
-        samples = roi.sampling_ratio * max(1, roi.mask_pool_size // output_size)
+        factor = max(1, roi.mask_pool_size // output_size)
         semantic = semantic_roi_features(semantic_feature, ops.stop_gradient(rois),
-                                         output_size=output_size, sampling_ratio=samples)
+                                         output_size=output_size,
+                                         sampling_ratio=roi.sampling_ratio * factor,
+                                         adaptive_grid=output_size * factor)
         return pooled + semantic
+
+    def merge_stage_masks(self, stage_logits: list, classes):
+        """`HTCConfig.test_mask_merge`: "mean" of the three stages' sigmoid masks
+        (mmdetection 2.x, the published results) or the "last" stage's alone (mmdetection
+        3.x; its head still receives the chained mask features of the earlier heads)."""
+        merge = self.config.htc.test_mask_merge
+        if merge == "last":
+            return ops.sigmoid(select_class(stage_logits[-1], classes))
+        if merge != "mean":
+            raise ValueError(f"HTCConfig.test_mask_merge must be 'mean' or 'last'; got "
+                             f"{merge!r}.")
+        return super().merge_stage_masks(stage_logits, classes)
 
     def mask_branch(self, features: dict, rois, stage: int, semantic_feature=None,
                     training: bool = False):

@@ -1,10 +1,12 @@
 """Multi-level RoIAlign (mmcv `RoIAlign(aligned=True)`), computed in float32.
 
 Each RoI is pooled from one pyramid level, `floor(4 + log2(sqrt(w * h) / 224))` clipped to
-the available levels (FPN paper, eq. 1; mmdetection's `finest_scale=56` is the same rule).
+the available levels (FPN paper, eq. 1, written as mmdetection's `finest_scale=56` rule).
 Sampling is pixel-aligned: box corners are scaled to the level and shifted by half a pixel;
-each output bin averages `sampling_ratio x sampling_ratio` bilinear samples; a sample more
-than one pixel outside the map contributes zero. The same kernel crops ground-truth masks
+each output bin averages a grid of bilinear samples: `sampling_ratio x sampling_ratio`, or
+with `sampling_ratio=0` (every published mmdetection config) `ceil(bin height) x
+ceil(bin width)`, different for each RoI; a sample more than one pixel outside the map
+contributes zero. The same kernel crops ground-truth masks
 to mask targets (`crop_masks`).
 """
 
@@ -14,22 +16,25 @@ import math
 
 from keras import ops
 
+FINEST_SCALE = 56.0  # mmdetection's SingleRoIExtractor: RoIs under 112 px go to P2
+
 
 def roi_levels(rois, min_level: int, max_level: int):
-    """Pyramid level of each RoI (x1, y1, x2, y2) in image pixels."""
+    """Pyramid level of each RoI (x1, y1, x2, y2) in image pixels (mmdetection's
+    `map_roi_levels`: `floor(log2(sqrt(w * h) / 56 + 1e-6))` levels above P2, clipped)."""
     w = ops.maximum(rois[..., 2] - rois[..., 0], 0.0)
     h = ops.maximum(rois[..., 3] - rois[..., 1], 0.0)
     scale = ops.sqrt(w * h)
-    level = ops.floor(4.0 + ops.log(scale / 224.0 + 1e-6) / math.log(2.0))
+    level = 2.0 + ops.floor(ops.log(scale / FINEST_SCALE + 1e-6) / math.log(2.0))
     return ops.cast(ops.clip(level, min_level, max_level), "int32")
 
 
-def _axis_samples(start, end, size, output_size: int, sampling_ratio: int):
-    """Sample coordinates (R, out * s) along one axis, their two neighbours and weights."""
-    bin_size = (end - start) / output_size
-    steps = (ops.arange(output_size * sampling_ratio, dtype="float32") + 0.5) / sampling_ratio
-    coords = start[:, None] + steps[None, :] * bin_size[:, None]
-    size = size[:, None]
+def _axis_weights(coords, size):
+    """mmcv's bilinear rule along one axis for sample `coords` in a map of `size` pixels.
+
+    Returns the two neighbour indices and their weights; a sample more than one pixel
+    outside the map gets zero weights, one within a pixel of the border is clamped to it.
+    """
     inside = (coords >= -1.0) & (coords <= size)
     coords = ops.maximum(coords, 0.0)
     low = ops.floor(coords)
@@ -42,17 +47,17 @@ def _axis_samples(start, end, size, output_size: int, sampling_ratio: int):
             (1.0 - frac) * mask, frac * mask)
 
 
-def roi_align_flat(flat_features, offsets, heights, widths, scales, rois,
-                   output_size: int, sampling_ratio: int):
-    """RoIAlign over maps stored row-major in `flat_features` (T, C).
+def _axis_samples(start, end, size, output_size: int, sampling_ratio: int):
+    """Sample coordinates (R, out * s) along one axis, their two neighbours and weights."""
+    bin_size = (end - start) / output_size
+    steps = (ops.arange(output_size * sampling_ratio, dtype="float32") + 0.5) / sampling_ratio
+    coords = start[:, None] + steps[None, :] * bin_size[:, None]
+    return _axis_weights(coords, size[:, None])
 
-    RoI `r` reads the `heights[r] x widths[r]` map starting at row `offsets[r]`, with its box
-    multiplied by `scales[r]`. Returns (R, output_size, output_size, C) float32.
-    """
-    flat_features = ops.cast(flat_features, "float32")
-    rois = ops.cast(rois, "float32") * scales[:, None] - 0.5
-    hf = ops.cast(heights, "float32")
-    wf = ops.cast(widths, "float32")
+
+def _fixed_grid(flat_features, offsets, widths, hf, wf, rois, output_size: int,
+                sampling_ratio: int):
+    """`sampling_ratio x sampling_ratio` samples in every bin: separable, all static shapes."""
     y_lo, y_hi, wy_lo, wy_hi = _axis_samples(rois[:, 1], rois[:, 3], hf, output_size,
                                              sampling_ratio)
     x_lo, x_hi, wx_lo, wx_hi = _axis_samples(rois[:, 0], rois[:, 2], wf, output_size,
@@ -71,8 +76,80 @@ def roi_align_flat(flat_features, offsets, heights, widths, scales, rois,
     return ops.mean(result, axis=(2, 4))
 
 
-def multilevel_roi_align(features: dict, rois, *, output_size: int, sampling_ratio: int = 2):
-    """Pool (B, N, 4) RoIs from `{"P2": ..., "P5": ...}` maps into (B, N, S, S, C) float32."""
+def _adaptive_grid(flat_features, offsets, widths, hf, wf, rois, output_size: int,
+                   grid_size: int):
+    """mmcv's `sampling_ratio=0`: each RoI's bins take `ceil(roi size / grid_size)` samples
+    per axis (times `grid_size // output_size`, see `roi_align_flat`).
+
+    The sample count differs per RoI, so the samples of all RoIs are laid out as one ragged
+    list (its length known only at run time), bilinearly interpolated and summed into their
+    bins with a segment sum: work proportional to the samples taken, as in mmcv's kernel.
+    """
+    factor = grid_size // output_size
+    num_rois = ops.shape(rois)[0]
+    bins = output_size * output_size
+    roi_h = rois[:, 3] - rois[:, 1]
+    roi_w = rois[:, 2] - rois[:, 0]
+    n_y = ops.cast(ops.maximum(ops.ceil(roi_h / grid_size), 0.0), "int32") * factor
+    n_x = ops.cast(ops.maximum(ops.ceil(roi_w / grid_size), 0.0), "int32") * factor
+    counts = ops.reshape(ops.broadcast_to((n_y * n_x)[:, None], (num_rois, bins)), (-1,))
+    segment = ops.repeat(ops.arange(num_rois * bins, dtype="int32"), counts, axis=0)
+    starts = ops.cumsum(counts) - counts
+    local = ops.arange(ops.shape(segment)[0], dtype="int32") - ops.take(starts, segment)
+    roi = segment // bins
+    by = ops.cast((segment % bins) // output_size, "float32")
+    bx = ops.cast(segment % output_size, "float32")
+    ny, nx = ops.take(n_y, roi), ops.take(n_x, roi)
+    iy = ops.cast(local // ops.maximum(nx, 1), "float32")
+    ix = ops.cast(local % ops.maximum(nx, 1), "float32")
+    bin_h = ops.take(roi_h, roi) / output_size
+    bin_w = ops.take(roi_w, roi) / output_size
+    y = ops.take(rois[:, 1], roi) + by * bin_h + (iy + 0.5) * bin_h / ops.cast(ny, "float32")
+    x = ops.take(rois[:, 0], roi) + bx * bin_w + (ix + 0.5) * bin_w / ops.cast(nx, "float32")
+    y_lo, y_hi, wy_lo, wy_hi = _axis_weights(y, ops.take(hf, roi))
+    x_lo, x_hi, wx_lo, wx_hi = _axis_weights(x, ops.take(wf, roi))
+    base = ops.take(offsets, roi)
+    row = ops.take(widths, roi)
+    weight = 1.0 / ops.cast(ops.maximum(ny * nx, 1), "float32")
+    values = 0.0
+    for ys, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
+        for xs, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
+            corner = ops.take(flat_features, base + ys * row + xs, axis=0)  # (T, C)
+            values = values + corner * (wy * wx * weight)[:, None]
+    pooled = ops.segment_sum(values, segment, num_segments=num_rois * bins)
+    return ops.reshape(pooled, (-1, output_size, output_size, ops.shape(flat_features)[-1]))
+
+
+def roi_align_flat(flat_features, offsets, heights, widths, scales, rois,
+                   output_size: int, sampling_ratio: int, adaptive_grid: int | None = None):
+    """RoIAlign over maps stored row-major in `flat_features` (T, C).
+
+    RoI `r` reads the `heights[r] x widths[r]` map starting at row `offsets[r]`, with its box
+    multiplied by `scales[r]`. `sampling_ratio > 0` takes a fixed grid of samples per bin;
+    0 is mmcv's adaptive count, `ceil(roi size / output_size)` per axis. `adaptive_grid`
+    (a multiple of `output_size`) counts as if pooling at that size and averaging down, which
+    is how HTC pools its semantic map at 14x14 and averages to 7x7 for the box head.
+    Returns (R, output_size, output_size, C) float32.
+    """
+    flat_features = ops.cast(flat_features, "float32")
+    rois = ops.cast(rois, "float32") * scales[:, None] - 0.5
+    hf = ops.cast(heights, "float32")
+    wf = ops.cast(widths, "float32")
+    if sampling_ratio > 0:
+        return _fixed_grid(flat_features, offsets, widths, hf, wf, rois, output_size,
+                           sampling_ratio)
+    grid = adaptive_grid or output_size
+    if grid % output_size:
+        raise ValueError(f"adaptive_grid {grid} must be a multiple of output_size "
+                         f"{output_size}.")
+    return _adaptive_grid(flat_features, offsets, widths, hf, wf, rois, output_size, grid)
+
+
+def multilevel_roi_align(features: dict, rois, *, output_size: int, sampling_ratio: int = 0,
+                         adaptive_grid: int | None = None):
+    """Pool (B, N, 4) RoIs from `{"P2": ..., "P5": ...}` maps into (B, N, S, S, C) float32.
+
+    `sampling_ratio` and `adaptive_grid` as in `roi_align_flat` (0: mmcv's adaptive count)."""
     names = sorted(features, key=lambda name: int(name[1:]))
     levels = [int(name[1:]) for name in names]
     batch = ops.shape(rois)[0]
@@ -95,7 +172,8 @@ def multilevel_roi_align(features: dict, rois, *, output_size: int, sampling_rat
     offsets = ops.take(level_starts, level) + image * ops.take(level_sizes, level)
     pooled = roi_align_flat(ops.concatenate(flats, axis=0), offsets, ops.take(heights, level),
                             ops.take(widths, level), ops.take(scales, level),
-                            ops.reshape(rois, (-1, 4)), output_size, sampling_ratio)
+                            ops.reshape(rois, (-1, 4)), output_size, sampling_ratio,
+                            adaptive_grid)
     return ops.reshape(pooled, (batch, num_rois, output_size, output_size, -1))
 
 

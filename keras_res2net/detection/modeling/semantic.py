@@ -93,12 +93,14 @@ class FusedSemanticHead(keras.layers.Layer):
 
 
 def semantic_roi_features(semantic_feature, rois, output_size: int, stride: int = 8,
-                          sampling_ratio: int = 2):
+                          sampling_ratio: int = 0, adaptive_grid: int | None = None):
     """RoIAlign of (B, N, 4) xyxy RoIs (padded-image pixels) from the single (B, h, w, C)
     semantic feature map of `stride`: (B, N, S, S, C) float32 (mmdetection's
-    `semantic_roi_extractor`, one level, `featmap_strides=[8]`)."""
+    `semantic_roi_extractor`, one level, `featmap_strides=[8]`). `sampling_ratio` and
+    `adaptive_grid` as in `roi_align.roi_align_flat`."""
     level = int(round(math.log2(stride)))
     if stride < 1 or 2**level != stride:
         raise ValueError(f"stride must be a power of two; got {stride}.")
     return multilevel_roi_align({f"P{level}": semantic_feature}, rois,
-                                output_size=output_size, sampling_ratio=sampling_ratio)
+                                output_size=output_size, sampling_ratio=sampling_ratio,
+                                adaptive_grid=adaptive_grid)

@@ -47,12 +47,23 @@ def decode(deltas, anchors, stds=(1.0, 1.0, 1.0, 1.0)):
 
 
 def clip(boxes, height, width):
-    """Clip boxes to the image `[0, width] x [0, height]`."""
-    x1 = ops.clip(boxes[..., 0], 0.0, width)
-    y1 = ops.clip(boxes[..., 1], 0.0, height)
-    x2 = ops.clip(boxes[..., 2], 0.0, width)
-    y2 = ops.clip(boxes[..., 3], 0.0, height)
+    """Clip boxes to the image `[0, width] x [0, height]` (scalars, or tensors that
+    broadcast against the boxes' leading axes)."""
+    x1 = ops.minimum(ops.maximum(boxes[..., 0], 0.0), width)
+    y1 = ops.minimum(ops.maximum(boxes[..., 1], 0.0), height)
+    x2 = ops.minimum(ops.maximum(boxes[..., 2], 0.0), width)
+    y2 = ops.minimum(ops.maximum(boxes[..., 3], 0.0), height)
     return ops.stack([x1, y1, x2, y2], axis=-1)
+
+
+def clip_to_images(boxes, image_sizes):
+    """Clip (B, ...) boxes to each image's own (height, width) in `image_sizes` (B, 2):
+    mmdetection's `max_shape=img_shape`, the resized image without the batch padding."""
+    extra = (1,) * (len(boxes.shape) - 2)
+    sizes = ops.cast(image_sizes, boxes.dtype)
+    height = ops.reshape(sizes[:, 0], (-1, *extra))
+    width = ops.reshape(sizes[:, 1], (-1, *extra))
+    return clip(boxes, height, width)
 
 
 def area(boxes):
