@@ -242,10 +242,10 @@ class DetectionTask:
             count = int(outputs["num_detections"][i])
             h_scale, w_scale = np.asarray(inputs["scales"])[i]
             height, width = (int(v) for v in np.asarray(inputs["original_sizes"])[i])
+            # Divided by the resize factors and not clipped again, as mmdetection rescales
+            # (they were clipped to the resized image, so they overrun by < 1 px at most).
             boxes = outputs["boxes"][i, :count] / np.array([w_scale, h_scale, w_scale,
                                                             h_scale])
-            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
-            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
             detection = {"image_id": int(image_id), "boxes": boxes,
                          "scores": outputs["scores"][i, :count],
                          "classes": outputs["classes"][i, :count]}
