@@ -241,10 +241,13 @@ def evaluate(task: DetectionTask, model, data_dir, *, verbose: bool = True,
     dataset = task.load_data(data_dir, training=False)
     iou_types = ("bbox", "segm") if task.config.model.include_mask else ("bbox",)
     evaluator = CocoEvaluator(dataset.coco, dataset.category_ids, iou_types, evaluator)
-    predict = tf.function(lambda images: task.validation_step({"images": images}, model),
+    predict = tf.function(lambda inputs: task.validation_step(inputs, model),
                           reduce_retracing=True)
-    for batch in task.build_inputs(dataset, training=False):
-        for det in task.postprocess(predict(batch["images"]), batch):
+    # One image per batch: each is padded only to its own multiple of 32, so its detections
+    # do not depend on which images would have shared its batch (mmdetection tests so too).
+    for batch in task.build_inputs(dataset, training=False, batch_size=1):
+        inputs = {"images": batch["images"], "image_sizes": batch["image_sizes"]}
+        for det in task.postprocess(predict(inputs), batch):
             evaluator.add(det["image_id"], det["boxes"], det["scores"], det["classes"],
                           det.get("masks"))
     metrics = evaluator.evaluate(verbose=verbose)

@@ -57,3 +57,85 @@ def test_train_step_trains_heads_and_keeps_frozen_stages(shapes_val):
     assert any(not np.array_equal(np.array(w), heads[w.path]) for w in model.box_head.weights)
     layer2 = [w for w in model.backbone.trainable_weights if w.path.startswith("layer2_")]
     assert layer2, "layer2 must stay trainable"
+
+
+# -- mmdetection's test-time semantics: padding and per-image clipping -----------------------
+
+@pytest.fixture(scope="module")
+def loose_model():
+    """A seeded tiny Mask R-CNN that keeps every candidate (score threshold 0)."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    config = _tiny_config()
+    config.model.detection.score_threshold = 0.0
+    return DetectionTask(config).build_model()
+
+
+def _two_images():
+    rng = np.random.default_rng(4)
+    images = np.zeros((2, 96, 96, 3), np.float32)
+    images[0, :64, :96] = rng.integers(0, 256, (64, 96, 3))
+    images[1, :96, :40] = rng.integers(0, 256, (96, 40, 3))
+    return images, np.array([[64.0, 96.0], [96.0, 40.0]], np.float32)
+
+
+def test_padding_is_zero_after_normalising(loose_model):
+    """What the padding holds does not matter, and it differs from padding raw black pixels
+    (which normalise to -mean/std): mmdetection normalises first, then pads with zeros."""
+    images, sizes = _two_images()
+    noisy = images.copy()
+    noisy[0, 64:] = 200.0
+    noisy[1, :, 40:] = 17.0
+    with_sizes = loose_model.extract(images, image_sizes=sizes)
+    with_noise = loose_model.extract(noisy, image_sizes=sizes)
+    raw_black = loose_model.extract(images)
+    for level in ("P2", "P5"):
+        np.testing.assert_allclose(np.asarray(with_noise[level]),
+                                   np.asarray(with_sizes[level]), atol=1e-5)
+        assert np.abs(np.asarray(raw_black[level]) - np.asarray(with_sizes[level])).max() > 1e-2
+
+
+def test_boxes_are_clipped_to_each_images_own_size(loose_model):
+    images, sizes = _two_images()
+    _, proposals, valid = loose_model.inference_proposals(images, sizes)
+    outputs = loose_model({"images": images, "image_sizes": sizes})
+    padded = loose_model(images)
+    for i, (height, width) in enumerate(sizes):
+        for boxes in (np.asarray(proposals[i])[np.asarray(valid[i])],
+                      np.asarray(outputs["boxes"][i])[: int(outputs["num_detections"][i])]):
+            assert len(boxes) > 10
+            assert boxes[:, 0::2].max() <= width + 1e-4 and boxes[:, 1::2].max() <= height + 1e-4
+    # Without sizes the padded batch is the image: the portrait image's boxes cross x=40.
+    assert np.asarray(padded["boxes"][1])[:, 2].max() > 40.0 + 1.0
+
+
+def test_test_time_rpn_keeps_fewer_candidates_per_level(monkeypatch, loose_model):
+    """mmdetection keeps nms_pre=1000 candidates per level at test time, 2000 in training."""
+    seen = []
+    original = loose_model.propose
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("pre_nms_topk", args[5] if len(args) > 5 else None))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loose_model, "propose", spy)
+    loose_model.inference_proposals(np.zeros((1, 64, 64, 3), np.float32))
+    assert seen == [loose_model.config.rpn.test_pre_nms_topk]
+    coco = configs.get_experiment("mask_rcnn_res2net101_fpn_coco").model.rpn
+    assert (coco.pre_nms_topk, coco.test_pre_nms_topk) == (2000, 1000)
+
+
+def test_resize_rounds_half_up_like_mmcv():
+    """mmcv's imrescale: int(side * factor + 0.5); TF's round() would go half to even."""
+    from keras_res2net.detection.data.pipeline import resized_size
+
+    # 427 x 641 into (1333, 800): factor min(1333/641, 800/427) = 1.8735..., sides computed
+    # by hand with Python floats as mmcv does.
+    for shape, max_size in (((427, 641), (1333, 800)), ((5, 3), (10, 5)), ((6, 2), (9, 9)),
+                            ((300, 200), (512, 320))):
+        factor = min(max_size[0] / max(shape), max_size[1] / min(shape))
+        expected = [int(side * factor + 0.5) for side in shape]
+        assert list(np.asarray(resized_size(shape, max_size))) == expected, shape
+    # 5 x 3 scaled by 1.5 -> 7.5 x 4.5: half up gives 8 x 5 (banker's rounding 8 x 4).
+    assert list(np.asarray(resized_size((5, 3), (10, 4.5)))) == [8, 5]
