@@ -99,11 +99,9 @@ class CascadeRCNN(TwoStageDetector):
         return ops.stop_gradient(ops.sum(boxes * pick[..., None], axis=2))
 
     # -- inference ------------------------------------------------------------------------
-    def call(self, inputs, training: bool = False) -> dict:
-        """Detections as `MaskRCNN.call`: stage logits averaged, last stage's boxes, masks
+    def detect_proposals(self, features: dict, rois, valid, image_sizes) -> dict:
+        """Detections as `MaskRCNN`'s: stage logits averaged, last stage's boxes, masks
         merged over the stages' mask heads (`merge_stage_masks`)."""
-        images, image_sizes = self.unpack(inputs)
-        features, rois, valid = self.inference_proposals(images, image_sizes)
         _, semantic_feature = self.semantic(features)
         stage_logits = []
         for stage in range(self.num_stages):

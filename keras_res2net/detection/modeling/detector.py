@@ -126,6 +126,19 @@ class TwoStageDetector(keras.Model):
                                         rpn.post_nms_topk, rpn.test_pre_nms_topk)
         return features, proposals, valid
 
+    def call(self, inputs, training: bool = False) -> dict:
+        """Detections: boxes (B, D, 4) xyxy, scores, classes (1..K, 0 = padding),
+        num_detections (B,), and masks (B, D, 28, 28) probabilities in box coordinates."""
+        images, image_sizes = self.unpack(inputs)
+        features, proposals, valid = self.inference_proposals(images, image_sizes)
+        return self.detect_proposals(features, proposals, valid, image_sizes)
+
+    def detect_proposals(self, features: dict, proposals, valid, image_sizes) -> dict:
+        """The RoI stage of inference on given (B, P, 4) proposals: what `call` returns.
+
+        Separate so that a test can feed the same proposals as a reference implementation."""
+        raise NotImplementedError
+
     def detect(self, boxes, probs):
         """Per-class NMS of (B, N, K or 1, 4) boxes and (B, N, K) probabilities.
 
@@ -163,11 +176,7 @@ class MaskRCNN(TwoStageDetector):
         return self.mask_head(pooled, training=training)
 
     # -- inference ------------------------------------------------------------------------
-    def call(self, inputs, training: bool = False) -> dict:
-        """Detections: boxes (B, D, 4) xyxy, scores, classes (1..K, 0 = padding),
-        num_detections (B,), and masks (B, D, 28, 28) probabilities in box coordinates."""
-        images, image_sizes = self.unpack(inputs)
-        features, proposals, valid = self.inference_proposals(images, image_sizes)
+    def detect_proposals(self, features: dict, proposals, valid, image_sizes) -> dict:
         logits, box_deltas = self.box_branch(features, proposals)
         probs = ops.softmax(logits, axis=-1)[..., 1:]
         probs = probs * ops.cast(valid, probs.dtype)[..., None]
