@@ -55,7 +55,9 @@ Mask heads (mask models), on the final detections:
                         images, in detection order
   ``mask{s}.rows``      int64 (m,) rows of ``mask.rois`` kept below: first 32 of each image
   ``mask{s}.mask_pred`` float32 (m, 28, 28) logits of the predicted label's channel, stage s
-                        (Mask R-CNN s=0; cascade mask and HTC s=0..2; all stages are merged)
+                        (Mask R-CNN s=0; cascade mask and HTC s=0..2). Final masks: Cascade
+                        Mask R-CNN averages the three stages' sigmoids; HTC runs all three
+                        (mask information flow) but mmdetection 3.3 keeps the last alone
 Final detections (``model.test_step``'s output), original-image pixels:
   ``det{i}.bboxes`` float32 (n, 4) xyxy; ``det{i}.scores`` float32 (n,); ``det{i}.labels``
   int64 (n,) 0-based COCO-80 indices; mask models: ``det{i}.masks`` uint8
