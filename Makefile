@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-tf test-jax lint run variants fixtures benchmark benchmark-train \
-	benchmark-export clean
+.PHONY: install test test-tf test-jax lint run variants fixtures fixtures-mmdet benchmark \
+	benchmark-train benchmark-export clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,17 @@ fixtures:
 	$(PYTHON) -m venv .venv-ref
 	.venv-ref/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1 timm safetensors numpy
 	.venv-ref/bin/python tools/make_reference_fixtures.py
+
+# mmdetection 3.3 fixtures of the five Res2Net detectors (tests/fixtures/mmdet/); a separate
+# environment with mmcv-lite, whose missing kernels tools/mmdet_shim.py provides.
+# mmcv-lite 2.1.0, not 2.2.0: mmdet 3.3.0 refuses mmcv >= 2.2.
+fixtures-mmdet:
+	$(PYTHON) -m venv .venv-mmdet
+	.venv-mmdet/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1
+	.venv-mmdet/bin/pip install $(PIP_FLAGS) mmcv-lite==2.1.0 mmengine==0.10.7 mmdet==3.3.0 \
+		safetensors numpy
+	.venv-mmdet/bin/python tools/mmdet_shim.py
+	.venv-mmdet/bin/python tools/make_mmdet_fixtures.py
 
 benchmark: install
 	$(PY) benchmarks/inference.py
