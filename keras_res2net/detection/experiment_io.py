@@ -151,8 +151,10 @@ def _show(value) -> str:
 
 def experiment_differences(saved, current, ignore=frozenset()) -> list[str]:
     """`"model.heads.fpn_channels: 16 in the folder, 64 here"` for each leaf field of two
-    configs (or config sections) that differs, skipping the dotted names in `ignore`."""
-    found: list[str] = []
+    configs (or config sections) that differs, skipping the dotted names in `ignore`. A
+    section present on one side only (a cascade, HTC) comes first: it says most."""
+    sections: list[str] = []
+    fields: list[str] = []
 
     def walk(a, b, name: str) -> None:
         if name in ignore:
@@ -162,10 +164,12 @@ def experiment_differences(saved, current, ignore=frozenset()) -> list[str]:
                 walk(getattr(a, field.name), getattr(b, field.name),
                      f"{name}.{field.name}" if name else field.name)
         elif _plain(a) != _plain(b):
+            found = sections if dataclasses.is_dataclass(a) or dataclasses.is_dataclass(b) \
+                else fields
             found.append(f"{name}: {_show(a)} in the folder, {_show(b)} here")
 
     walk(saved, current, "")
-    return found
+    return sections + fields
 
 
 def mismatch_message(folder, differences: list[str], advice: str) -> str:
