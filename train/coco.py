@@ -17,6 +17,7 @@ missing run folder or weights, or a folder of another experiment stop with one l
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 from absl import app, flags
 
@@ -63,7 +64,7 @@ flags.DEFINE_integer("checkpoint_every", 200, "Save a checkpoint every N steps (
                      "epoch end).")
 
 
-def fail(error: Exception) -> None:
+def fail(error: Exception) -> NoReturn:
     """One line on stderr and exit status 2: a bad flag or run folder, found before any work."""
     print(f"train/coco.py: error: {error}", file=sys.stderr)
     sys.exit(2)
