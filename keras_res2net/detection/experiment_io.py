@@ -4,6 +4,12 @@ Training, the mmdetection converter and anything else that writes detector weigh
 config they used beside them, so prediction, evaluation and export rebuild exactly that
 model (overrides such as `--max_size` included) instead of looking a name up in the registry.
 The file is written through a temporary name in the same folder and renamed into place.
+
+Reading a run: `open_run` finds the weights and the config (`resolve_experiment`: the
+folder's file, else a registered name). A folder whose file describes another experiment is
+refused with one line (`ExperimentMismatchError`): training on (`check_resumable`) needs the
+same model and data config, the schedule may change; loading weights (`check_same_model`)
+needs the same model config.
 """
 
 from __future__ import annotations
