@@ -2,15 +2,22 @@
 
     python train/coco.py --experiment mask_rcnn_res2net50_fpn_synthetic \
         --data_dir data/shapes --model_dir runs/shapes
-    python train/coco.py --experiment mask_rcnn_res2net50_fpn_synthetic --mode eval \
-        --data_dir data/shapes --model_dir runs/shapes
+    python train/coco.py --mode eval --checkpoint runs/shapes --data_dir data/shapes
+    python train/coco.py --mode eval --checkpoint converted/htc --data_dir coco
     TF_CONFIG=... python train/coco.py --experiment ... --strategy multi_worker ...
 
 Flags only; the work is in `keras_res2net.detection` (configs, task, trainer). Training runs
-under the classification trainer's tf.distribute strategies (`--strategy`).
+under the classification trainer's tf.distribute strategies (`--strategy`). Every run folder
+carries `experiment.json` (the resolved config, overrides included): `--mode eval --checkpoint
+DIR` rebuilds the model from it (a training run or `keras_res2net.detection.convert`'s output),
+so `--experiment` is only needed for a new run or a folder without the file. Bad flags, a
+missing run folder or weights, or a folder of another experiment stop with one line (exit 2).
 """
 
 from __future__ import annotations
+
+import sys
+from typing import NoReturn
 
 from absl import app, flags
 
@@ -19,13 +26,18 @@ from keras_res2net.detection.data import sources
 from keras_res2net.training.strategies import make_strategy
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("experiment", "mask_rcnn_res2net50_fpn_synthetic",
-                    "Registered experiment: " + ", ".join(configs.list_experiments()))
+flags.DEFINE_string("experiment", None,
+                    "Registered experiment (needed for a new run, or to evaluate a folder "
+                    "without experiment.json): " + ", ".join(configs.list_experiments()))
 flags.DEFINE_enum("mode", "train", ["train", "eval", "train_and_eval"], "What to run.")
 flags.DEFINE_string("data_dir", None, "Folder holding the COCO JSON files and image folders "
                     "(or the TFDS data_dir, or the TFRecords) "
                     "named in the experiment's data config.", required=True)
-flags.DEFINE_string("model_dir", None, "Where weights are written and read.", required=True)
+flags.DEFINE_string("model_dir", None, "Training: where checkpoints, experiment.json and "
+                    "detector.weights.h5 are written (and a run resumes from).")
+flags.DEFINE_string("checkpoint", None, "--mode eval: the run folder (a --model_dir, or "
+                    "converted mmdetection weights) holding detector.weights.h5 and "
+                    "experiment.json, or a .weights.h5 file.")
 flags.DEFINE_enum("data", "coco_json", list(sources.SOURCES),
                   "Training data: COCO JSON + images under --data_dir, TFDS coco/2017 prepared "
                   "in --data_dir (boxes only: faster_rcnn_* experiments), or Model Garden "
@@ -52,18 +64,21 @@ flags.DEFINE_integer("checkpoint_every", 200, "Save a checkpoint every N steps (
                      "epoch end).")
 
 
+def fail(error: Exception) -> NoReturn:
+    """One line on stderr and exit status 2: a bad flag or run folder, found before any work."""
+    print(f"train/coco.py: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv) -> None:
     del argv
-    config = configs.get_experiment(FLAGS.experiment)
-    if FLAGS.steps is not None:
-        scale = FLAGS.steps / (config.train.steps or FLAGS.steps)
-        config.train.steps = FLAGS.steps
-        config.train.decay_steps = tuple(int(s * scale) for s in config.train.decay_steps or ())
-        config.train.warmup_steps = min(config.train.warmup_steps, FLAGS.steps // 4)
-    if FLAGS.batch_size is not None:
-        config.data.batch_size = FLAGS.batch_size
-    if FLAGS.max_size is not None:
-        config.data.max_size = (FLAGS.max_size, FLAGS.max_size)
+    try:
+        config, name, folder = trainer.resolve_run(
+            FLAGS.mode, experiment=FLAGS.experiment, model_dir=FLAGS.model_dir,
+            checkpoint=FLAGS.checkpoint, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
+            max_size=FLAGS.max_size)
+    except (ValueError, FileNotFoundError) as error:
+        fail(error)
     chief = True
     if FLAGS.mode in ("train", "train_and_eval"):
         # The strategy first: multi_worker configures collectives, before any TF op runs.
@@ -74,12 +89,15 @@ def main(argv) -> None:
         print(f"training data: {source.name} ({source.num_examples or 'unknown number of'} "
               "images)", flush=True)
         detector = trainer.DetectionTrainer(
-            config, source, FLAGS.model_dir, strategy=strategy,
+            config, source, folder, strategy=strategy, name=name,
             backbone_weights=FLAGS.backbone_weights, checkpoint_every=FLAGS.checkpoint_every)
         detector.train()
         task, model, chief = detector.task, detector.model, detector.chief
     else:
-        task, model = trainer.load_trained(config, FLAGS.model_dir)
+        task, model = trainer.load_trained(config, folder)
+        height, width = config.data.max_size
+        print(f"evaluating {folder}: {name or 'unnamed experiment'}, images resized to fit "
+              f"{height}x{width}", flush=True)
     if FLAGS.mode in ("eval", "train_and_eval") and chief:
         trainer.evaluate(task, model, FLAGS.data_dir, evaluator=FLAGS.evaluator)
 

@@ -22,6 +22,28 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
+def coco_results(image_id: int, boxes, scores, classes, category_ids, masks=None
+                 ) -> list[dict]:
+    """COCO results records of one image's detections: `bbox` [x, y, w, h] from the xyxy
+    `boxes`, `category_id` the COCO id of each contiguous class 1..K (`category_ids[k - 1]`),
+    and, with `masks` (N, H, W) binary, `segmentation` as RLE with `counts` a str (JSON-ready).
+    Shared by the evaluator and `predict --results`, so both write the same records."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    records = []
+    for index, (box, score, cls) in enumerate(zip(boxes, scores, classes, strict=True)):
+        record = {"image_id": int(image_id),
+                  "category_id": int(category_ids[int(cls) - 1]),
+                  "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]),
+                           float(box[3] - box[1])],
+                  "score": float(score)}
+        if masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(np.asarray(masks[index], np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            record["segmentation"] = rle
+        records.append(record)
+    return records
+
+
 class CocoEvaluator:
     """Accumulates detections for `coco` (a pycocotools COCO) and evaluates them."""
 
@@ -46,18 +68,8 @@ class CocoEvaluator:
     def add(self, image_id: int, boxes, scores, classes, masks=None) -> None:
         """Detections of one image; `classes` are contiguous 1..K, `masks` (N, H, W) binary."""
         self.image_ids.add(int(image_id))
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        for index, (box, score, cls) in enumerate(zip(boxes, scores, classes, strict=True)):
-            result = {"image_id": int(image_id),
-                      "category_id": self.category_ids[int(cls) - 1],
-                      "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]),
-                               float(box[3] - box[1])],
-                      "score": float(score)}
-            if masks is not None:
-                rle = mask_utils.encode(np.asfortranarray(masks[index].astype(np.uint8)))
-                rle["counts"] = rle["counts"].decode("ascii")
-                result["segmentation"] = rle
-            self.results.append(result)
+        self.results.extend(coco_results(image_id, boxes, scores, classes, self.category_ids,
+                                         masks))
 
     def evaluate(self, verbose: bool = True) -> dict:
         """`{"bbox": {"AP": ..., ...}, "segm": {...}}`; printing COCOeval's 12-line summary."""

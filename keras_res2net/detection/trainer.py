@@ -11,6 +11,12 @@ and step in `model_dir/checkpoints` (the chief's; other workers save to a scratc
 a restarted run resumes from it; at the end the chief also writes `detector.weights.h5`, which
 evaluation, prediction and export read.
 
+Every run folder carries `experiment.json` (`experiment_io`): the chief writes the resolved
+config (overrides included) when training starts, and a folder that already holds one of
+another experiment is refused before any model is built (`experiment_io.check_resumable`: the
+model and data configs must match; the schedule and batch size may change on resuming).
+`load_trained` rebuilds the model from that file.
+
 Progress: a Progbar per epoch (an epoch is one pass over the training images when their
 number is known), a one-line summary per epoch and a final summary with a weights digest.
 """
@@ -19,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -29,6 +34,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from keras_res2net.detection import configs, experiment_io
 from keras_res2net.detection.configs import ExperimentConfig
 from keras_res2net.detection.data.pipeline import build_dataset
 from keras_res2net.detection.data.sources import TrainSource, coco_json_source
@@ -37,7 +43,7 @@ from keras_res2net.detection.task import DetectionTask
 from keras_res2net.training.loop import make_stat_sync, weights_digest
 from keras_res2net.training.strategies import is_chief, make_strategy, task_info
 
-WEIGHTS = "detector.weights.h5"
+WEIGHTS = experiment_io.WEIGHTS_FILE  # "detector.weights.h5"
 CHECKPOINTS = "checkpoints"
 
 
@@ -64,12 +70,16 @@ class DetectionTrainer:
 
     `strategy` is a `tf.distribute.Strategy` or a `--strategy` name. Build a multi_worker
     strategy before opening a TFDS or TFRecord source: collectives must be configured before
-    the first TF op runs (train/coco.py does so)."""
+    the first TF op runs (train/coco.py does so).
+
+    `model_dir/experiment.json` is checked and (by the chief) written here, before the model
+    is built; `name` is the experiment name recorded in it (kept from the file if None)."""
 
     def __init__(self, config: ExperimentConfig, source: TrainSource, model_dir, *,
                  strategy: str | tf.distribute.Strategy | None = None,
                  backbone_weights: str | None = None, checkpoint_every: int = 200,
-                 tpu: str | None = None, device: str | None = None):
+                 tpu: str | None = None, device: str | None = None,
+                 name: str | None = None):
         if isinstance(strategy, str):
             strategy = make_strategy(strategy, tpu=tpu, device=device)
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -83,6 +93,11 @@ class DetectionTrainer:
                              f"{replicas} replicas.")
         keras.utils.set_random_seed(config.train.seed)  # Python, NumPy, TF and Keras seeds
         self.steps_per_epoch = resolve_steps(config, source.num_examples)
+        # Every worker refuses a folder of another experiment; only the chief writes.
+        experiment_io.check_resumable(self.model_dir, config)
+        if self.chief:
+            experiment_io.save_experiment(config, self.model_dir,
+                                          name or experiment_io.saved_name(self.model_dir))
         # The task's sampling SeedGenerator stays a plain (per-worker) variable: created
         # in the scope it would be mirrored with aggregation "none", which replicas can't
         # update. Every worker starts it from the same seed.
@@ -221,14 +236,15 @@ class DetectionTrainer:
 
 def train(config: ExperimentConfig, data_dir=None, model_dir=None, *, backbone_weights=None,
           checkpoint_every: int = 200, strategy: str | tf.distribute.Strategy | None = None,
-          source: TrainSource | None = None):
+          source: TrainSource | None = None, name: str | None = None):
     """Train an experiment; returns (task, model, seconds per step after the first).
 
-    `source` defaults to the experiment's COCO JSON files under `data_dir`."""
+    `source` defaults to the experiment's COCO JSON files under `data_dir`; `name` is recorded
+    in `model_dir/experiment.json`."""
     source = source or coco_json_source(config, data_dir)
     trainer = DetectionTrainer(config, source, model_dir, strategy=strategy,
                                backbone_weights=backbone_weights,
-                               checkpoint_every=checkpoint_every)
+                               checkpoint_every=checkpoint_every, name=name)
     seconds_per_step = trainer.train()
     return trainer.task, trainer.model, seconds_per_step
 
@@ -256,12 +272,79 @@ def evaluate(task: DetectionTask, model, data_dir, *, verbose: bool = True,
     return metrics
 
 
-def load_trained(config: ExperimentConfig, model_dir):
-    """The task and model with the weights `train` wrote to `model_dir`."""
+def load_trained(config: ExperimentConfig | None, model_dir
+                 ) -> tuple[DetectionTask, keras.Model]:
+    """The task and model with the weights in `model_dir`: a run folder written by `train`
+    or `keras_res2net.detection.convert` (`detector.weights.h5` + `experiment.json`), or a
+    `.weights.h5` file.
+
+    `config=None` rebuilds the folder's `experiment.json` (its overrides included). A given
+    `config` (e.g. with an evaluation `--max_size`) is used as it is, but its model must be
+    the folder's (`experiment_io.ExperimentMismatchError` otherwise): the weights are that
+    model's."""
+    weights = experiment_io.weights_path(model_dir)
+    if config is None:
+        config = experiment_io.load_experiment(weights.parent)
+    else:
+        experiment_io.check_same_model(weights.parent, config)
     task = DetectionTask(config)
     model = task.build_model()
-    path = Path(model_dir) / WEIGHTS
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no {WEIGHTS} in {model_dir}: train first (train/coco.py).")
-    model.load_weights(path)
+    model.load_weights(weights)
     return task, model
+
+
+def apply_overrides(config: ExperimentConfig, *, steps: int | None = None,
+                    batch_size: int | None = None, max_size: int | None = None
+                    ) -> ExperimentConfig:
+    """train/coco.py's `--steps`, `--batch_size` and `--max_size` on `config` (in place).
+
+    `--steps` rescales the decay steps with it and caps the warmup at a quarter of the run."""
+    if steps is not None:
+        scale = steps / (config.train.steps or steps)
+        config.train.steps = steps
+        config.train.decay_steps = tuple(int(s * scale) for s in config.train.decay_steps or ())
+        config.train.warmup_steps = min(config.train.warmup_steps, steps // 4)
+    if batch_size is not None:
+        config.data.batch_size = batch_size
+    if max_size is not None:
+        config.data.max_size = (max_size, max_size)
+    return config
+
+
+def resolve_run(mode: str, *, experiment: str | None = None, model_dir=None, checkpoint=None,
+                **overrides) -> tuple[ExperimentConfig, str | None, Path]:
+    """(config, experiment name, run folder) for train/coco.py's flags, checked before any
+    work; raises `ValueError` or `FileNotFoundError` with a one-line message.
+
+    Training (`mode` train, train_and_eval) writes to `model_dir`: the config is the
+    registered `experiment`, or, without one, the `experiment.json` of the run being resumed;
+    a folder of another experiment is refused (`experiment_io.check_resumable`).
+    Evaluation reads the run folder or weights file `checkpoint` (or `model_dir`): its
+    `experiment.json` when present, else the registered `experiment` (`--experiment` naming
+    another model is refused). `overrides` (steps, batch_size, max_size) apply on top in both
+    cases; in evaluation `max_size` resizes the validation images differently on purpose."""
+    if mode == "eval":
+        if checkpoint is not None and model_dir is not None:
+            raise ValueError("--mode eval reads one run: give --checkpoint or --model_dir, "
+                             "not both.")
+        folder = checkpoint if checkpoint is not None else model_dir
+        if folder is None:
+            raise ValueError("--mode eval needs --checkpoint DIR: a run folder (or "
+                             "converted mmdetection weights) holding detector.weights.h5.")
+        config, weights = experiment_io.open_run(folder, experiment)
+        name = experiment_io.saved_name(weights.parent) or experiment
+        return apply_overrides(config, **overrides), name, Path(folder)
+    if checkpoint is not None:
+        raise ValueError("--checkpoint is for --mode eval; training writes to (and resumes "
+                         "from) --model_dir.")
+    if model_dir is None:
+        raise ValueError(f"--mode {mode} needs --model_dir: where checkpoints, "
+                         "experiment.json and the weights go.")
+    if experiment is not None:
+        config, name = configs.get_experiment(experiment), experiment
+    else:
+        config = experiment_io.resolve_experiment(model_dir, None)
+        name = experiment_io.saved_name(model_dir)
+    config = apply_overrides(config, **overrides)
+    experiment_io.check_resumable(model_dir, config)
+    return config, name, Path(model_dir)

@@ -3,8 +3,7 @@
     res2net-export --model res2net50_26w_4s --weights W.pth --format tflite --quantize int8 \\
         --calibration-data digits --output out/
     res2net-export --model runs/digits/model.keras --format onnx savedmodel --output out/
-    res2net-export --task detection --experiment mask_rcnn_res2net50_fpn_synthetic \
-        --checkpoint runs/shapes --format savedmodel --output out/
+    res2net-export --task detection --checkpoint runs/shapes --format savedmodel --output out/
 
 Every option is checked before any model is loaded; each artifact is then written to a staging
 path, loaded with its own runtime, compared with the Keras model on sample images and only then
@@ -36,14 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("classification", "detection"),
                         default="classification",
-                        help="classification (default): --model; detection: --experiment and "
-                        "--checkpoint")
+                        help="classification (default): --model; detection: --checkpoint "
+                        "(and --experiment if it has no experiment.json)")
     parser.add_argument("--model",
                         help="a variant name (res2net50_26w_4s, ...) or a saved .keras model")
     parser.add_argument("--experiment", help="--task detection: a registered detection "
-                        "experiment (keras_res2net.detection.configs.list_experiments())")
-    parser.add_argument("--checkpoint", help="--task detection: the training --model_dir "
-                        "(holding detector.weights.h5) or a .weights.h5 file")
+                        "experiment (keras_res2net.detection.configs.list_experiments()); only "
+                        "needed when --checkpoint has no experiment.json")
+    parser.add_argument("--checkpoint", help="--task detection: a run folder (train/coco.py's "
+                        "--model_dir, or keras_res2net.detection.convert's output) holding "
+                        "detector.weights.h5 and experiment.json, or a .weights.h5 file")
     parser.add_argument("--weights", help="with a variant name: .pth/.safetensors checkpoint, "
                         ".weights.h5, or 'imagenet' (converted cache)")
     parser.add_argument("--format", nargs="+", required=True, metavar="FORMAT",
@@ -87,8 +88,8 @@ class Plan:
 
 def plan_outputs(args: argparse.Namespace) -> Plan:
     if args.task == "detection":
-        return Plan(args.experiment, {"savedmodel": os.path.join(
-            args.output, f"{args.experiment}_savedmodel")})
+        stem = detection_name(args)
+        return Plan(stem, {"savedmodel": os.path.join(args.output, f"{stem}_savedmodel")})
     if args.model.endswith(".keras"):
         stem = os.path.splitext(os.path.basename(args.model))[0]
     else:
@@ -192,7 +193,7 @@ def validate_detection(args: argparse.Namespace) -> None:
                           "detector (its NMS and RoIAlign have data-dependent shapes). Serve "
                           "the SavedModel with TensorFlow or TF Serving.")
     if args.model or args.weights:
-        raise OptionError("--task detection takes --experiment and --checkpoint, not "
+        raise OptionError("--task detection takes --checkpoint (and --experiment), not "
                           "--model/--weights.")
     classification_only = {"--quantize": args.quantize, "--int8-io": args.int8_io or None,
                            "--calibration-data": args.calibration_data,
@@ -203,23 +204,31 @@ def validate_detection(args: argparse.Namespace) -> None:
     given = [flag for flag, value in classification_only.items() if value is not None]
     if given:
         raise OptionError(f"{', '.join(given)} do(es) not apply to --task detection.")
-    from keras_res2net.detection import configs
+    from keras_res2net.detection import configs, experiment_io
 
-    if args.experiment not in configs.list_experiments():
+    if args.experiment is not None and args.experiment not in configs.list_experiments():
         raise OptionError(f"--experiment {args.experiment}: choose a registered detection "
                           f"experiment ({', '.join(configs.list_experiments())}).")
     if not args.checkpoint:
-        raise OptionError("--task detection needs --checkpoint: the training --model_dir or "
-                          "a .weights.h5 file.")
-    if os.path.isdir(args.checkpoint):
-        from keras_res2net.detection.trainer import WEIGHTS
+        raise OptionError("--task detection needs --checkpoint: a run folder (train/coco.py's "
+                          "--model_dir, or converted weights) or a .weights.h5 file.")
+    try:  # the weights, and the config: the folder's experiment.json, else --experiment
+        experiment_io.open_run(args.checkpoint, args.experiment)
+    except (FileNotFoundError, ValueError) as err:
+        raise OptionError(f"--checkpoint {err}") from None
 
-        if not os.path.isfile(os.path.join(args.checkpoint, WEIGHTS)):
-            raise OptionError(f"--checkpoint {args.checkpoint}: no {WEIGHTS} in it (written "
-                              "by train/coco.py at the end of training).")
-    elif not (os.path.isfile(args.checkpoint) and args.checkpoint.endswith(".weights.h5")):
-        raise OptionError(f"--checkpoint {args.checkpoint}: neither a folder nor a "
-                          ".weights.h5 file.")
+
+def detection_name(args: argparse.Namespace) -> str:
+    """The detector's name in output paths and report lines: --experiment, else the name in
+    the run folder's experiment.json, else the folder's name."""
+    from keras_res2net.detection import experiment_io
+
+    if args.experiment:
+        return args.experiment
+    folder = args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(
+        os.path.abspath(args.checkpoint))
+    return (experiment_io.saved_name(folder)
+            or os.path.basename(os.path.normpath(os.path.abspath(folder))))
 
 
 def main(argv: list[str] | None = None) -> int:

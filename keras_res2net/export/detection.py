@@ -1,6 +1,7 @@
 """`res2net-export --task detection`: the detector's SavedModel, checked like every artifact.
 
-The trained detector (experiment + `detector.weights.h5`) is written with
+The trained detector (`detector.weights.h5` and the config of the run folder's
+`experiment.json`, or of `--experiment` when it has none) is written with
 `detection.export.export_saved_model` to a staging path (`verify.staged_path`), reloaded with
 `tf.saved_model.load`, run on a few generated shapes images and compared with the Keras
 model's own detections on the same images: equal detection counts, the classes of the
@@ -12,7 +13,6 @@ the output path; one report line, then the summary table, as for the classifiers
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 
@@ -56,16 +56,13 @@ def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult
     """Export and check the detection SavedModel; print its line and the summary table."""
     import tensorflow as tf
 
-    from keras_res2net.detection import configs
+    from keras_res2net.detection import experiment_io
     from keras_res2net.detection.export import export_saved_model
     from keras_res2net.detection.task import DetectionTask
-    from keras_res2net.detection.trainer import WEIGHTS
 
-    config = configs.get_experiment(args.experiment)
+    # The config the weights were trained with (its --max_size sets the check images' size).
+    config, weights = experiment_io.open_run(args.checkpoint, args.experiment)
     model = DetectionTask(config).build_model()
-    weights = args.checkpoint
-    if os.path.isdir(weights):
-        weights = os.path.join(weights, WEIGHTS)
     model.load_weights(weights)
     size = min(min(config.data.max_size), MAX_CHECK_SIZE)
     divisor = config.data.size_divisor
@@ -77,7 +74,7 @@ def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult
     reference = {k: np.asarray(v) for k, v in
                  model({"images": padded, "image_sizes": sizes}, training=False).items()}
     outputs = ", ".join(sorted(reference))
-    print(f"{args.experiment}: input uint8 RGB images (batch, height, width, 3), outputs "
+    print(f"{plan.stem}: input uint8 RGB images (batch, height, width, 3), outputs "
           f"{outputs}; checked on {len(images)} generated {size}x{size} shapes images")
     path = plan.paths["savedmodel"]
     result = verify.CheckResult("savedmodel", path, agreement_name="class agreement")

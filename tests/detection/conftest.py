@@ -23,3 +23,37 @@ def shapes_semantic(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes_semantic")
     json_path = write_split(root, "val", 6, seed=7, semantic=True)
     return json_path, root / "val", root / "val_semantic"
+
+
+SMALL_RUN_EXPERIMENT = "mask_rcnn_res2net50_fpn_synthetic"
+SMALL_RUN_MAX_SIZE = 96  # not the experiment's 128: readers must take it from the folder
+
+
+def small_run_config():
+    """The synthetic Mask R-CNN with narrow heads (quick on CPU) and images resized to fit
+    96x96: both differ from the registry, so a reader that rebuilt the registered experiment
+    instead of the folder's `experiment.json` fails to load the weights or resizes wrongly."""
+    from keras_res2net.detection import configs
+
+    config = configs.get_experiment(SMALL_RUN_EXPERIMENT)
+    config.model.heads = configs.HeadConfig(fpn_channels=16, fc_dim=32, mask_channels=8,
+                                            mask_convs=1)
+    config.model.rpn.post_nms_topk = 30
+    config.data.max_size = (SMALL_RUN_MAX_SIZE, SMALL_RUN_MAX_SIZE)
+    return config
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """A run folder as train/coco.py leaves it, without the training: fresh weights of
+    `small_run_config()` in `detector.weights.h5` beside its `experiment.json`."""
+    from keras_res2net.detection.experiment_io import save_experiment
+    from keras_res2net.detection.task import DetectionTask
+    from keras_res2net.detection.trainer import WEIGHTS
+
+    folder = tmp_path_factory.mktemp("small_run")
+    config = small_run_config()
+    model = DetectionTask(config).build_model()
+    model.save_weights(folder / WEIGHTS)
+    save_experiment(config, folder, SMALL_RUN_EXPERIMENT)
+    return folder

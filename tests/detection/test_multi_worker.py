@@ -14,7 +14,7 @@ import os
 import tensorflow as tf
 from loopback import run_workers, script_popen, weight_digests
 
-from keras_res2net.detection import configs
+from keras_res2net.detection import configs, experiment_io
 from keras_res2net.detection.data import tf_example
 from keras_res2net.detection.data.coco import load_coco
 from keras_res2net.detection.data.synthetic import write_dataset
@@ -41,3 +41,6 @@ def test_two_workers_train_detector_in_lock_step(tmp_path):
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     assert latest is not None and latest.endswith("ckpt-2")
     assert os.path.exists(os.path.join(model_dir, WEIGHTS))
+    saved = experiment_io.load_experiment(model_dir)  # written once, by the chief
+    assert (saved.data.max_size, saved.train.steps) == ((64, 64), 2)
+    assert [p for p in os.listdir(model_dir) if p.startswith(".")] == []  # no temp files
