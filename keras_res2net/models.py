@@ -74,7 +74,8 @@ def build_res2net(
     concatenates its last split without the 3x3 average pool; `None` (the default) means
     "auto": False for a mmdetection checkpoint in `weights`, else True (the official and timm
     Res2Net). An explicit bool always wins, e.g. for the detection backbones, which are built
-    without weights and then filled from a mmdetection detector checkpoint. `fuse_stage_convs=True` runs each stage block's independent 3x3 convs as one
+    without weights and then filled from a mmdetection detector checkpoint.
+    `fuse_stage_convs=True` runs each stage block's independent 3x3 convs as one
     grouped conv (same weights and outputs; faster where grouped convs are native, slower on
     TensorFlow/CPU, hence off by default).
     """
