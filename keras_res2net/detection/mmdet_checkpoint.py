@@ -59,12 +59,7 @@ class MMDetCheckpoint:
         try:
             raw = read_state_dict(path)
         except ValueError as error:
-            message = str(error)
-            if "Weights only load failed" in message:  # torch refused to unpickle code
-                message += (" If the file needs its pickled objects, convert it to .safetensors "
-                            "in a trusted PyTorch environment (safetensors.torch.save_file("
-                            "torch.load(path)['state_dict'], 'model.safetensors')) and pass that.")
-            raise ValueError(message) from error
+            raise ValueError(_short_read_error(path, str(error))) from error
         return cls.from_state_dict(raw, source=path)
 
     @classmethod
@@ -206,6 +201,19 @@ class MMDetCheckpoint:
             raise DetectorCheckpointError(f"{self.source} has no backbone (backbone.*).")
 
 
+def _short_read_error(path: str, message: str) -> str:
+    """torch's messages run to a dozen lines: keep one, and for a file that needs pickled
+    objects say what to do instead."""
+    if "Weights only load failed" in message:  # torch.load(weights_only=True) refused
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        what = f" (it pickles {found.group(1)})" if found else ""
+        return (f"{path!r} needs unpickling of code or objects{what}, which torch.load("
+                "weights_only=True) refuses. Convert it to .safetensors in a trusted PyTorch "
+                "environment: safetensors.torch.save_file(torch.load(path, weights_only=False)"
+                "['state_dict'], 'model.safetensors'), and pass that file.")
+    return message.strip().splitlines()[0]
+
+
 def _is_array_like(value) -> bool:
     return isinstance(value, np.generic)
 
@@ -279,6 +287,7 @@ def check_architecture(checkpoint: MMDetCheckpoint, model_config, experiment: st
     what = experiment or f"the experiment ({model_config.architecture})"
     message = f"{checkpoint.source} does not fit {what}: " + "; ".join(problems) + "."
     if found is not None:
-        message += (f" It is a {ARCHITECTURE_NAMES[found]}: use "
+        article = "an" if found.startswith("htc") else "a"
+        message += (f" It is {article} {ARCHITECTURE_NAMES[found]}: use "
                     f"{suggest_experiment(found, experiment, registered)}.")
     raise DetectorCheckpointError(message)

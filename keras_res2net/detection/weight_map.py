@@ -129,7 +129,8 @@ def _backbone_slots(backbone: keras.Model) -> list[Slot]:
     return slots
 
 
-def _box_head_slots(head, prefix: str, pool_size: int) -> list[Slot]:
+def box_head_slots(head, prefix: str, pool_size: int) -> list[Slot]:
+    """A BoxHead under mmdetection's Shared2FCBBoxHead keys (`prefix.shared_fcs.0`, ...)."""
     return (_layer_slots(head.fc1, f"{prefix}.shared_fcs.0", linear_chw(pool_size))
             + _layer_slots(head.fc2, f"{prefix}.shared_fcs.1", LINEAR)
             + [Slot(f"{prefix}.fc_cls.weight", head.cls.kernel, CLS_WEIGHT),
@@ -137,7 +138,8 @@ def _box_head_slots(head, prefix: str, pool_size: int) -> list[Slot]:
             + _layer_slots(head.reg, f"{prefix}.fc_reg", LINEAR))
 
 
-def _mask_head_slots(head, prefix: str) -> list[Slot]:
+def mask_head_slots(head, prefix: str) -> list[Slot]:
+    """A MaskHead under FCNMaskHead / HTCMaskHead keys (`convs.N.conv`, `upsample`, ...)."""
     slots = []
     for index, conv in enumerate(head.convs):
         slots += _layer_slots(conv, f"{prefix}.convs.{index}.conv")
@@ -148,7 +150,8 @@ def _mask_head_slots(head, prefix: str) -> list[Slot]:
     return slots
 
 
-def _semantic_slots(head, prefix: str) -> list[Slot]:
+def semantic_slots(head, prefix: str) -> list[Slot]:
+    """HTC's FusedSemanticHead: lateral_convs.i is level P(i+2), as mmdetection's feats[i]."""
     slots = []
     for index, level in enumerate(head.levels):
         slots += _layer_slots(head.laterals[level], f"{prefix}.lateral_convs.{index}.conv")
@@ -180,11 +183,11 @@ def plan(model) -> list[Slot]:
         slots += _layer_slots(layer, f"rpn_head.{name}")
     for stage, head in _heads(model, "box_head", "box_heads"):
         prefix = "roi_head.bbox_head" + (f".{stage}" if stage else "")
-        slots += _box_head_slots(head, prefix, config.roi.box_pool_size)
+        slots += box_head_slots(head, prefix, config.roi.box_pool_size)
     for stage, head in _heads(model, "mask_head", "mask_heads"):
-        slots += _mask_head_slots(head, "roi_head.mask_head" + (f".{stage}" if stage else ""))
+        slots += mask_head_slots(head, "roi_head.mask_head" + (f".{stage}" if stage else ""))
     if getattr(model, "semantic_head", None) is not None:
-        slots += _semantic_slots(model.semantic_head, "roi_head.semantic_head")
+        slots += semantic_slots(model.semantic_head, "roi_head.semantic_head")
 
     mapped = {id(slot.variable) for slot in slots}
     unmapped = [v.path for v in model.weights if id(v) not in mapped]
