@@ -152,22 +152,37 @@ def build_empty_detector(config: configs.ExperimentConfig):
     return model
 
 
+def open_checkpoint(checkpoint) -> MMDetCheckpoint:
+    """A path (.pth / .safetensors), a state dict (possibly wrapped) or an MMDetCheckpoint."""
+    if isinstance(checkpoint, MMDetCheckpoint):
+        return checkpoint
+    if isinstance(checkpoint, Mapping):
+        return MMDetCheckpoint.from_state_dict(checkpoint)
+    return MMDetCheckpoint.read(checkpoint)
+
+
+def config_for_checkpoint(checkpoint, experiment
+                          ) -> tuple[configs.ExperimentConfig, str | None, list[str]]:
+    """`(config, registered name or None, notes)`: `experiment`'s config (a name, an
+    experiment.json or an ExperimentConfig, never modified) checked against the checkpoint's
+    architecture and given its depth, widths and classes (see `adapt_config`). Build a model
+    from it to load the checkpoint with `weight_map.load_mmdet_state_dict`, e.g. after
+    changing test-time settings."""
+    config, name = resolve_experiment(experiment)
+    loaded = open_checkpoint(checkpoint)
+    check_architecture(loaded, config.model, name, configs.list_experiments())
+    return config, name, adapt_config(config, loaded)
+
+
 def convert_checkpoint(checkpoint, experiment) -> Conversion:
     """Read `checkpoint` (a path, a state dict or an MMDetCheckpoint), check it against
     `experiment` (a registered name, an experiment.json or an ExperimentConfig), build the
     detector and fill it strictly."""
     from keras_res2net.detection.weight_map import load_mmdet_state_dict
 
-    config, name = resolve_experiment(experiment)
-    if isinstance(checkpoint, MMDetCheckpoint):
-        loaded = checkpoint
-    elif isinstance(checkpoint, Mapping):
-        loaded = MMDetCheckpoint.from_state_dict(checkpoint)
-    else:
-        loaded = MMDetCheckpoint.read(checkpoint)
+    loaded = open_checkpoint(checkpoint)
     # Before building anything: a file of another architecture is named as such.
-    check_architecture(loaded, config.model, name, configs.list_experiments())
-    notes = adapt_config(config, loaded)
+    config, name, notes = config_for_checkpoint(loaded, experiment)
     model = build_empty_detector(config)
     report = load_mmdet_state_dict(model, loaded, experiment=name)
     return Conversion(model, config, name, report, loaded, notes)

@@ -30,6 +30,7 @@ from keras import layers
 
 from keras_res2net.checkpoints.mapping import LoadReport, torch_prefix
 from keras_res2net.detection.mmdet_checkpoint import (
+    ARCHITECTURE_NAMES,
     DetectorCheckpointError,
     MMDetCheckpoint,
     check_architecture,
@@ -294,9 +295,10 @@ def map_checkpoint(model, checkpoint: MMDetCheckpoint) -> list[tuple[Slot, np.nd
                         f"{_by_group(unused)}: "
                         + _listing([f"{k} {tuple(tensors[k].shape)}" for k in unused]))
     if problems:
+        arch = model.config.architecture
         raise DetectorCheckpointError(
-            f"{checkpoint.source} does not fit the {model.config.architecture} detector: "
-            + " | ".join(problems))
+            f"{checkpoint.source} does not fit the {ARCHITECTURE_NAMES.get(arch, arch)} "
+            "detector: " + " | ".join(problems))
     return pairs
 
 
