@@ -130,6 +130,23 @@ def _backbone_slots(backbone: keras.Model) -> list[Slot]:
     return slots
 
 
+def fpn_slots(fpn, prefix: str = "neck") -> list[Slot]:
+    """mmdetection's FPN: lateral_convs.i / fpn_convs.i are the i-th input level (P2 first)."""
+    slots = []
+    for index, level in enumerate(fpn.levels):
+        slots += _layer_slots(fpn.laterals[level], f"{prefix}.lateral_convs.{index}.conv")
+        slots += _layer_slots(fpn.outputs_convs[level], f"{prefix}.fpn_convs.{index}.conv")
+    return slots
+
+
+def rpn_slots(rpn, prefix: str = "rpn_head") -> list[Slot]:
+    """RPNHead: the shared rpn_conv, rpn_cls (one sigmoid per anchor), rpn_reg (4 per anchor)."""
+    slots = []
+    for name, layer in (("rpn_conv", rpn.conv), ("rpn_cls", rpn.cls), ("rpn_reg", rpn.reg)):
+        slots += _layer_slots(layer, f"{prefix}.{name}")
+    return slots
+
+
 def box_head_slots(head, prefix: str, pool_size: int) -> list[Slot]:
     """A BoxHead under mmdetection's Shared2FCBBoxHead keys (`prefix.shared_fcs.0`, ...)."""
     return (_layer_slots(head.fc1, f"{prefix}.shared_fcs.0", linear_chw(pool_size))
@@ -175,13 +192,7 @@ def plan(model) -> list[Slot]:
     """Every variable of the built detector `model` with its mmdetection key; raises if a
     variable has no mapping (a layer this converter does not know)."""
     config = model.config
-    slots = _backbone_slots(model.backbone)
-    for index, level in enumerate(model.fpn.levels):
-        slots += _layer_slots(model.fpn.laterals[level], f"neck.lateral_convs.{index}.conv")
-        slots += _layer_slots(model.fpn.outputs_convs[level], f"neck.fpn_convs.{index}.conv")
-    rpn = model.rpn_head
-    for name, layer in (("rpn_conv", rpn.conv), ("rpn_cls", rpn.cls), ("rpn_reg", rpn.reg)):
-        slots += _layer_slots(layer, f"rpn_head.{name}")
+    slots = _backbone_slots(model.backbone) + fpn_slots(model.fpn) + rpn_slots(model.rpn_head)
     for stage, head in _heads(model, "box_head", "box_heads"):
         prefix = "roi_head.bbox_head" + (f".{stage}" if stage else "")
         slots += box_head_slots(head, prefix, config.roi.box_pool_size)
