@@ -266,6 +266,29 @@ def test_transforms_are_exact_inverses():
     np.testing.assert_array_equal(weight_map.CLS_BIAS.to_keras(bias), [3.0, 0.0, 1.0, 2.0])
 
 
+def test_backbone_keys_agree_with_the_backbone_converter(synthetic_models, synthetic_states):
+    """The detector plan's backbone part (mmdetection's `stem.*` names) fills the same weights
+    as keras_res2net.checkpoints does for a mmdetection backbone file."""
+    from keras_res2net.checkpoints import assign_state_dict, normalize_state_dict
+    from keras_res2net.detection.modeling.backbone import build_backbone
+
+    state = {k: v for k, v in synthetic_states["mask_rcnn"].items() if k.startswith("backbone.")}
+    normalized = normalize_state_dict({"state_dict": state})
+    assert normalized.layout == "mmdet"
+    config = synthetic("mask_rcnn_res2net50_fpn_synthetic")
+    backbone = build_backbone(config.model.backbone)
+    assign_state_dict(backbone, normalized.tensors, layout="mmdet")
+    ours = synthetic_models["mask_rcnn"].backbone
+    for mine, theirs in zip(ours.weights, backbone.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(mine.numpy()), np.asarray(theirs.numpy()))
+
+
+def test_weights_file_name_is_the_trainers():
+    from keras_res2net.detection.trainer import WEIGHTS
+
+    assert convert_lib.WEIGHTS_FILE == WEIGHTS
+
+
 # -- round trip and the command line ------------------------------------------------------
 def test_round_trip_is_exact(synthetic_states):
     """to_mmdet_state_dict then load_mmdet_state_dict gives the same weights back."""
@@ -351,6 +374,9 @@ def test_classification_checkpoint_is_refused(tmp_path, capsys, synthetic_states
     err = capsys.readouterr().err
     assert "cls.safetensors" in err and "no neck (neck.*)" in err and "classification" in err
     assert len(err.strip().splitlines()) <= 2 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DetectorCheckpointError):  # --verbose shows the exception itself
+        run_cli(path, "mask_rcnn_res2net50_fpn_synthetic", tmp_path / "out", "--verbose")
     assert not (tmp_path / "out").exists()
 
 
