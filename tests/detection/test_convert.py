@@ -440,6 +440,18 @@ def test_missing_and_truncated_files(tmp_path, capsys, synthetic_states):
     assert not (tmp_path / "out").exists()
 
 
+def test_pth_without_torch_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    path = tmp_path / "mask_rcnn_r2_101_fpn_2x_coco-17f061e8.pth"
+    path.write_bytes(b"PK")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert run_cli(path, "mask_rcnn_res2net101_fpn_coco", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "17f061e8.pth" in err and "keras-res2net[torch]" in err and ".safetensors" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_usage_errors_exit_2_and_touch_nothing(tmp_path, capsys, synthetic_states):
     path = write(tmp_path, synthetic_states["faster_rcnn"])
     assert run_cli(path, "no_such_experiment", tmp_path / "out") == 2
@@ -488,6 +500,11 @@ def test_pth_files_2x_wrapper_truncated_and_pickled_code(tmp_path, synthetic_sta
     cut.write_bytes(good.read_bytes()[:1000])
     with pytest.raises(ValueError, match="cut.pth"):
         convert_lib.from_mmdet(cut, "faster_rcnn_res2net50_fpn_synthetic")
+
+    scored = tmp_path / "scored.pth"  # NumPy data in meta (a score, a dtype) is allowed
+    torch.save({"meta": {"best": np.float64(0.5), "dtype": np.dtype("float32"),
+                         "hist": np.arange(3)}, "state_dict": state}, scored)
+    assert convert_lib.from_mmdet(scored, "faster_rcnn_res2net50_fpn_synthetic").built
 
     pickled = tmp_path / "code.pth"
     torch.save({"state_dict": state, "meta": {"hook": Path("x")}}, pickled)
