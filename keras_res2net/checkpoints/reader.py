@@ -66,7 +66,10 @@ def _torch_load(torch, path: str):
     except Exception as err:
         if "numpy" not in str(err) or not hasattr(torch.serialization, "safe_globals"):
             raise
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        try:  # zip-format files only (torch >= 1.6 saves those)
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:
+            raise err from None
         if not names or not all(_NUMPY_DATA.match(name) for name in names):
             raise
         allowed = [(_resolve(name), name) for name in names]

@@ -501,6 +501,10 @@ def test_pth_files_2x_wrapper_truncated_and_pickled_code(tmp_path, synthetic_sta
     with pytest.raises(ValueError, match="cut.pth"):
         convert_lib.from_mmdet(cut, "faster_rcnn_res2net50_fpn_synthetic")
 
+    legacy = tmp_path / "legacy.pth"  # the pre-1.6 format of 2020-era checkpoints
+    torch.save({"meta": {}, "state_dict": state}, legacy, _use_new_zipfile_serialization=False)
+    assert convert_lib.from_mmdet(legacy, "faster_rcnn_res2net50_fpn_synthetic").built
+
     scored = tmp_path / "scored.pth"  # NumPy data in meta (a score, a dtype) is allowed
     torch.save({"meta": {"best": np.float64(0.5), "dtype": np.dtype("float32"),
                          "hist": np.arange(3)}, "state_dict": state}, scored)
