@@ -279,8 +279,6 @@ def _with_cascade(config: ExperimentConfig, htc: HTCConfig | None,
     config.model.htc = htc
     config.model.rpn.smooth_l1_beta = 1.0 / 9.0
     config.model.roi.smooth_l1_beta = 1.0
-    if htc is not None:
-        config.model.detection.score_threshold = 0.001  # mmdetection's HTC test_cfg
     if htc is not None and htc.semantic:
         config.data.train_semantic = semantic_maps
     return config
@@ -292,6 +290,8 @@ def _coco_cascade(base: str, htc: dict | None) -> ExperimentConfig:
     config = _with_cascade(get_experiment(f"{base}_res2net101_fpn_coco"),
                            None if htc is None else HTCConfig(**htc), COCO_STUFF_MAPS)
     config.model.rpn.train_post_nms_topk = 2000
+    if htc is not None:
+        config.model.detection.score_threshold = 0.001  # mmdetection's HTC test_cfg
     config.train.epochs = 20
     config.train.decay_epochs = (16, 19)
     return config
