@@ -173,3 +173,53 @@ def test_convert_removes_stale_temporaries(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and missing in err and "Traceback" not in err
     assert str(stale) in err and not stale.exists()
+
+
+# -- .weights.h5 and .keras files -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory, tiny_model):
+    path = str(tmp_path_factory.mktemp("weights") / "tiny.weights.h5")
+    tiny_model.save_weights(path)
+    return path
+
+
+def _tiny_with(weights, **knobs):
+    from keras_res2net import create_model
+
+    args = dict(layers=(1, 1, 1, 1), base_width=4, input_shape=(32, 32, 3), classes=3)
+    args.update(knobs)
+    return create_model("res2net50_26w_4s", weights=weights, **args)
+
+
+def test_weights_of_other_class_count_named_briefly(tiny_weights):
+    with pytest.raises(ValueError) as error:
+        _tiny_with(tiny_weights, classes=5)
+    message = str(error.value)
+    assert tiny_weights in message and "3-class classifier" in message and "5 classes" in message
+    assert len(message) < 400
+
+
+def test_weights_of_other_variant_named_briefly(tiny_weights):
+    with pytest.raises(ValueError) as error:
+        _tiny_with(tiny_weights, base_width=8)
+    message = str(error.value)
+    assert tiny_weights in message and "does not fit" in message and "layer" in message
+    assert len(message) < 600
+
+
+def test_empty_weights_file_named(tmp_path):
+    path = tmp_path / "empty.weights.h5"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="not a valid .weights.h5") as error:
+        _tiny_with(str(path))
+    assert str(path) in str(error.value)
+    garbage = tmp_path / "garbage.weights.h5"
+    garbage.write_bytes(b"not hdf5 at all")
+    with pytest.raises(ValueError, match="not a valid .weights.h5"):
+        _tiny_with(str(garbage))
+
+
+def test_fitting_weights_still_load(tiny_weights, tiny_model):
+    model = _tiny_with(tiny_weights)
+    for loaded, saved in zip(model.get_weights(), tiny_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(loaded, saved)
