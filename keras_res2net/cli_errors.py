@@ -47,8 +47,14 @@ def report(err: BaseException, prog: str, verbose: bool = False) -> int:
     """Print `err` as `prog: error: ...` (with the traceback if `verbose`); return the exit code."""
     if verbose:
         traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
-    print(f"{prog}: error: {err}", file=sys.stderr)
-    return exit_code(err)
+    code = exit_code(err)
+    message = str(err).strip() or type(err).__name__
+    if not isinstance(err, (UsageError, WorkError, ValueError, OSError)):
+        message = f"{type(err).__name__}: {message.splitlines()[0][:300]}"  # unexpected
+    if code == 1 and not verbose:
+        message += " (--verbose shows the traceback)"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
 
 
 def _umask() -> int:

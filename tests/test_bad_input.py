@@ -223,3 +223,4 @@ def test_fitting_weights_still_load(tiny_weights, tiny_model):
     model = _tiny_with(tiny_weights)
     for loaded, saved in zip(model.get_weights(), tiny_model.get_weights(), strict=True):
         np.testing.assert_array_equal(loaded, saved)
+
