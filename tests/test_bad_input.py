@@ -224,3 +224,19 @@ def test_fitting_weights_still_load(tiny_weights, tiny_model):
     for loaded, saved in zip(model.get_weights(), tiny_model.get_weights(), strict=True):
         np.testing.assert_array_equal(loaded, saved)
 
+
+
+# -- export ---------------------------------------------------------------------------------
+def test_export_removes_stale_staging_folders(tmp_path, capsys):
+    from keras_res2net.export import cli
+
+    output = tmp_path / "export"
+    stale = output / ".export-k1ll3d"
+    stale.mkdir(parents=True)
+    (stale / "model.tflite").write_bytes(b"half")
+    broken = tmp_path / "model.keras"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    code = cli.main(["--model", str(broken), "--format", "keras", "--output", str(output)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(stale) in err and not stale.exists()
+    assert f"{broken} is not a valid .keras file" in err  # was Keras' "File not found"
