@@ -108,3 +108,50 @@ def test_model_dir_resume_cases(tmp_path, tiny_config, capsys, monkeypatch):
     with pytest.raises(ValueError, match="belongs to another model") as error:
         run(other)
     assert "--base_width 4" in str(error.value) and "--base_width 8" in str(error.value)
+
+
+@pytest.fixture
+def train_main():
+    """train/imagenet.py's main(), in-process: flags parsed from `argv`, exit status back."""
+    import importlib.util
+
+    from absl import flags
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "train", "imagenet.py")
+    spec = importlib.util.spec_from_file_location("train_imagenet_script", script)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except flags.DuplicateFlagError:
+        pytest.skip("train/imagenet.py flags already defined in this process")
+
+    def call(*argv: str) -> int:
+        flags.FLAGS(["imagenet.py", *argv])
+        try:
+            return module.main(["imagenet.py"])
+        finally:
+            flags.FLAGS.unparse_flags()
+
+    return call
+
+
+def test_layers_flag_named_and_nothing_written(tmp_path, train_main, capsys):
+    model_dir = tmp_path / "run"
+    assert train_main("--layers", "1,x", "--model_dir", str(model_dir)) == 2
+    err = capsys.readouterr().err
+    assert "--layers" in err and "'1,x'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert train_main("--layers", "1,1", "--model_dir", str(model_dir)) == 2
+    assert "--layers must be 4 positive integers" in capsys.readouterr().err
+    assert not model_dir.exists()
+
+
+def test_script_quiet_per_checkpoint_info(tmp_path, train_main, capfd):
+    """TF's "Sharding callback duration" INFO line (one per checkpoint) is not printed."""
+    args = ["--data", "digits", "--layers", "1,1,1,1", "--base_width", "4", "--batch_size",
+            "32", "--epochs", "1", "--steps_per_epoch", "1", "--model_dir", str(tmp_path)]
+    assert train_main(*args) == 0
+    captured = capfd.readouterr()
+    assert "Sharding callback" not in captured.err + captured.out
+    assert "Final: val top-1" in captured.out
