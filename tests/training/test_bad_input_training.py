@@ -72,18 +72,24 @@ def test_bogus_model_refused_before_model_dir(tmp_path, tiny_config):
     assert not (tmp_path / "run").exists()
 
 
-def test_model_dir_resume_cases(tmp_path, tiny_config, capsys, monkeypatch):
+def test_model_dir_resume_cases(tmp_path, tiny_config, train_main, capfd, monkeypatch):
     """A finished run says so; stale temporaries of killed runs are removed and reported; a
-    folder of another model is refused up front; a failed model.keras save leaves no file."""
+    folder of another model is refused up front; a failed model.keras save leaves no file.
+    The first run goes through the script: TF's per-checkpoint "Sharding callback" INFO line
+    is not printed."""
     import keras
 
     from keras_res2net.training import run
 
     model_dir = tmp_path / "run"
-    config = tiny_config(model_dir, epochs=1, steps_per_epoch=1)
-    run(config)
+    assert train_main("--data", "digits", "--layers", "1,1,1,1", "--base_width", "4",
+                      "--batch_size", "32", "--epochs", "1", "--steps_per_epoch", "1",
+                      "--model_dir", str(model_dir)) == 0
+    first = capfd.readouterr()
+    assert "Final: val top-1" in first.out
+    assert "Sharding callback" not in first.out + first.err
     assert (model_dir / "model.keras").is_file() and (model_dir / "train_config.json").is_file()
-    capsys.readouterr()
+    config = tiny_config(model_dir, epochs=1, steps_per_epoch=1)
 
     stale = [model_dir / ".partial-k1ll3d.keras", model_dir / "checkpoints" / "ckpt-9_temp"]
     stale[0].write_bytes(b"PK truncated")
@@ -98,7 +104,7 @@ def test_model_dir_resume_cases(tmp_path, tiny_config, capsys, monkeypatch):
     (model_dir / "model.keras").unlink()
     with pytest.raises(Exception, match="model.keras"):
         run(config)
-    out = capsys.readouterr()
+    out = capfd.readouterr()
     assert "Nothing to train" in out.out and str(model_dir / "model.keras") in out.out
     assert all(str(path) in out.err and not path.exists() for path in stale)
     assert sorted(os.listdir(model_dir)) == ["checkpoints", "history.json", "history.png",
@@ -110,7 +116,7 @@ def test_model_dir_resume_cases(tmp_path, tiny_config, capsys, monkeypatch):
     assert "--base_width 4" in str(error.value) and "--base_width 8" in str(error.value)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def train_main():
     """train/imagenet.py's main(), in-process: flags parsed from `argv`, exit status back."""
     import importlib.util
@@ -146,12 +152,3 @@ def test_layers_flag_named_and_nothing_written(tmp_path, train_main, capsys):
     assert "--layers must be 4 positive integers" in capsys.readouterr().err
     assert not model_dir.exists()
 
-
-def test_script_quiet_per_checkpoint_info(tmp_path, train_main, capfd):
-    """TF's "Sharding callback duration" INFO line (one per checkpoint) is not printed."""
-    args = ["--data", "digits", "--layers", "1,1,1,1", "--base_width", "4", "--batch_size",
-            "32", "--epochs", "1", "--steps_per_epoch", "1", "--model_dir", str(tmp_path)]
-    assert train_main(*args) == 0
-    captured = capfd.readouterr()
-    assert "Sharding callback" not in captured.err + captured.out
-    assert "Final: val top-1" in captured.out
