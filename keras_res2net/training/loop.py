@@ -199,6 +199,9 @@ class Trainer:
         try:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (ValueError, AssertionError, tf.errors.OpError) as err:
+            # The half-restored checkpoint logs "unrestored values" warnings (dozens of lines)
+            # when it is deleted; the error below says all of it.
+            tf.get_logger().setLevel("ERROR")
             raise ValueError(f"--model_dir {self.config.model_dir}: its checkpoint {latest} "
                              "belongs to another model (variables differ: "
                              f"{str(err).strip().splitlines()[0][:160]}); choose another "
@@ -232,6 +235,8 @@ class Trainer:
         """Train to `epochs`, resuming from the latest checkpoint; return the final eval."""
         config, spe = self.config, self.steps_per_epoch
         step = self.restore()
+        if self.chief:  # after restore: a folder whose checkpoint does not fit keeps its record
+            write_run_record(config)
         if step >= self.total_steps:
             self._log(f"Nothing to train: the run in {config.model_dir} already finished "
                       f"(step {step}/{self.total_steps}, {config.epochs} epochs). Its outputs: "
@@ -433,8 +438,6 @@ def run(config: TrainConfig) -> EvalResult:
         os.makedirs(config.model_dir, exist_ok=True)
         remove_stale(config.model_dir, STALE_PATTERNS)
         remove_stale(os.path.join(config.model_dir, "checkpoints"), STALE_CHECKPOINT_PATTERNS)
-        if not config.eval_only:
-            write_run_record(config)
     if not config.eval_only:
         return trainer.train()
     step = trainer.restore()

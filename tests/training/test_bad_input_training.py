@@ -115,6 +115,12 @@ def test_model_dir_resume_cases(tmp_path, tiny_config, train_main, capfd, monkey
         run(other)
     assert "--base_width 4" in str(error.value) and "--base_width 8" in str(error.value)
 
+    # A folder from before train_config.json existed: the checkpoint restore says it instead.
+    (model_dir / "train_config.json").unlink()
+    with pytest.raises(ValueError, match="belongs to another model"):
+        run(other)
+    assert not (model_dir / "train_config.json").exists()
+
 
 @pytest.fixture(scope="module")
 def train_main():
