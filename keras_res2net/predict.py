@@ -146,11 +146,13 @@ def predict(paths: list[str], model_name: str, weights: str | None, top: int = 5
             variants.get_variant(model_name)  # before the weights are opened
         except ValueError as err:
             raise UsageError(f"--model: {err}") from err
-        from keras_res2net.models import create_model
+        resize, crop = EVAL_RESIZE, EVAL_CROP
+        batch = np.stack([load_eval_image(path, resize, crop) for path in paths])  # decoded
+        from keras_res2net.models import create_model  # before the (slow) model is built
 
         model = create_model(model_name, weights=weights)
-        resize, crop = EVAL_RESIZE, EVAL_CROP
-    batch = np.stack([load_eval_image(path, resize, crop) for path in paths])
+    if model_name.endswith(".keras"):
+        batch = np.stack([load_eval_image(path, resize, crop) for path in paths])
     # Direct calls, 32 images at a time: no tf.data pipeline or retracing for a few images.
     probabilities = np.concatenate([
         np.asarray(model(preprocess_input(batch[i:i + 32]), training=False))

@@ -240,3 +240,17 @@ def test_export_removes_stale_staging_folders(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and str(stale) in err and not stale.exists()
     assert f"{broken} is not a valid .keras file" in err  # was Keras' "File not found"
+
+
+def test_predict_truncated_image_named_before_model(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    import keras_res2net.models as models
+
+    monkeypatch.setattr(models, "create_model", lambda *a, **k: pytest.fail("model built"))
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:300])
+    code = predict_cli.main([str(path), "--model", "res2net50_26w_4s", "--weights", "imagenet"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(path) in err and "Traceback" not in err
