@@ -7,6 +7,10 @@
 at each epoch end; restarting the same command resumes from the latest one, skipping the
 batches already seen in that epoch. The chief writes checkpoints, TensorBoard scalars,
 `history.json`/`history.png` and the final `model.keras`; other workers save to a scratch dir.
+Data, model and folder are checked before `model_dir` is created; `train_config.json` records
+which model a folder's checkpoints belong to; outputs go through temporary names, and the
+temporaries of a killed run (`.partial-*`, `checkpoints/ckpt-N_temp`) are removed at the next
+start.
 """
 
 from __future__ import annotations
