@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-tf test-jax lint run variants fixtures fixtures-mmdet benchmark \
+.PHONY: install test test-tf test-jax lint run variants fixtures fixtures-timm fixtures-mmdet benchmark \
 	benchmark-train benchmark-export clean
 
 $(VENV)/.installed: pyproject.toml
@@ -42,8 +42,11 @@ run: install
 variants: install
 	$(PY) -m keras_res2net.summary
 
-# Reference fixtures: needs torch + timm in a separate environment (see tools/README.md).
-fixtures:
+# Every reference fixture: timm's classifiers and mmdetection's detectors, each made in its own
+# environment (.venv-ref, .venv-mmdet), never a dependency of the package (tools/README.md).
+fixtures: fixtures-timm fixtures-mmdet
+
+fixtures-timm:
 	$(PYTHON) -m venv .venv-ref
 	.venv-ref/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1 timm safetensors numpy
 	.venv-ref/bin/python tools/make_reference_fixtures.py
@@ -58,6 +61,7 @@ fixtures-mmdet:
 		safetensors numpy
 	.venv-mmdet/bin/python tools/mmdet_shim.py
 	.venv-mmdet/bin/python tools/make_mmdet_fixtures.py
+	.venv-mmdet/bin/python tools/make_mmdet_head_fixtures.py
 
 benchmark: install
 	$(PY) benchmarks/inference.py

@@ -65,14 +65,17 @@ def build_res2net(
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
     name: str | None = None,
-    stage_pool: bool = True,
+    stage_pool: bool | None = None,
     fuse_stage_convs: bool = False,
 ) -> keras.Model:
     """Build the variant `spec` (after any knob overrides) and load `weights`.
 
     `stage_pool=False` reproduces mmdetection's Res2Net, whose stride-1 stage block (layer1)
-    concatenates its last split without the 3x3 average pool; a mmdetection checkpoint picks it
-    automatically. `fuse_stage_convs=True` runs each stage block's independent 3x3 convs as one
+    concatenates its last split without the 3x3 average pool; `None` (the default) means
+    "auto": False for a mmdetection checkpoint in `weights`, else True (the official and timm
+    Res2Net). An explicit bool always wins, e.g. for the detection backbones, which are built
+    without weights and then filled from a mmdetection detector checkpoint.
+    `fuse_stage_convs=True` runs each stage block's independent 3x3 convs as one
     grouped conv (same weights and outputs; faster where grouped convs are native, slower on
     TensorFlow/CPU, hence off by default).
     """
@@ -82,8 +85,8 @@ def build_res2net(
     if spec.scale < 1 or spec.base_width < 1 or spec.cardinality < 1:
         raise ValueError(f"scale, base_width and cardinality must be >= 1; got {spec}.")
     checkpoint = weights_lib.open_weights(weights, spec)
-    if checkpoint is not None and checkpoint.layout == "mmdet":
-        stage_pool = False
+    if stage_pool is None:
+        stage_pool = not (checkpoint is not None and checkpoint.layout == "mmdet")
     if checkpoint is not None:
         checkpoint.check_head(include_top, classes)
 

@@ -8,6 +8,7 @@ arbitrary pickled objects.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -42,12 +43,50 @@ def read_state_dict(path: str | os.PathLike) -> dict:
             f"Reading {path!r} needs PyTorch: pip install 'keras-res2net[torch]', or convert the "
             "checkpoint to .safetensors first.") from err
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = _torch_load(torch, path)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
         raise ValueError(
             f"{path!r} is not a readable PyTorch state dict (loaded with weights_only=True, which "
             f"refuses pickled code): {err}") from err
     return _to_numpy(raw)
+
+
+# NumPy data types a checkpoint's metadata may hold (a float64 score, a dtype, a small array):
+# rebuilding them runs no code, so they are allowed on top of torch's weights_only defaults.
+_NUMPY_DATA = re.compile(
+    r"^numpy(\._core|\.core)?(\.multiarray)?\.(scalar|dtype|ndarray|_reconstruct)$"
+    r"|^numpy\.dtypes\.\w+DType$")
+
+
+def _torch_load(torch, path: str):
+    """torch.load(weights_only=True), retried with NumPy's data types allowed when they are
+    all it refused (mmdetection metadata may hold NumPy scalars)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if "numpy" not in str(err) or not hasattr(torch.serialization, "safe_globals"):
+            raise
+        try:  # zip-format files only (torch >= 1.6 saves those)
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:
+            raise err from None
+        if not names or not all(_NUMPY_DATA.match(name) for name in names):
+            raise
+        allowed = [(_resolve(name), name) for name in names]
+        # Unpickled dtypes are instances of per-type classes (numpy.dtypes.Float64DType...).
+        allowed += list({type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGUS"})
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _resolve(name: str):
+    import importlib
+    import warnings
+
+    module, attribute = name.rsplit(".", 1)
+    with warnings.catch_warnings():  # numpy.core is a deprecated alias of numpy._core
+        warnings.simplefilter("ignore")
+        return getattr(importlib.import_module(module), attribute)
 
 
 def _to_numpy(obj):

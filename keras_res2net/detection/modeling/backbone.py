@@ -32,10 +32,14 @@ def freeze_stages(model: keras.Model, frozen_stages: int) -> None:
 
 
 def build_backbone(config: BackboneConfig, weights: str | None = None) -> keras.Model:
-    """The `{"P2".."P5"}` Res2Net feature model for detection, frozen as configured."""
+    """The `{"P2".."P5"}` Res2Net feature model for detection, frozen as configured.
+
+    `config.stage_pool` is passed through explicitly: the published detectors are
+    mmdetection's Res2Net (no pool in layer1's stage block) even when `weights` is None.
+    """
     model = create_model(config.name, features_only=True, input_shape=(None, None, 3),
                          weights=weights, layers=config.layers, base_width=config.base_width,
-                         scale=config.scale)
+                         scale=config.scale, stage_pool=config.stage_pool)
     if config.frozen_stages >= 0:
         freeze_stages(model, config.frozen_stages)
     return model
