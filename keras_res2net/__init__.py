@@ -1,7 +1,24 @@
 """keras-res2net: Res2Net backbones for Keras 3, weight-compatible with the PyTorch reference."""
 
-from keras_res2net.imagenet import decode_predictions, preprocess_input
-from keras_res2net.models import (
+import os as _os
+import sys as _sys
+
+
+def _run_as_command_line() -> bool:
+    """`python -m keras_res2net.<cli>` or a `res2net-*` console script."""
+    argv = list(getattr(_sys, "orig_argv", ()))
+    if "-m" in argv[:-1]:
+        return argv[argv.index("-m") + 1].startswith("keras_res2net")
+    return _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("res2net-")
+
+
+if _run_as_command_line():  # quiet TensorFlow's start-up before keras imports it
+    from keras_res2net.cli_errors import quiet_tf_startup
+
+    quiet_tf_startup()
+
+from keras_res2net.imagenet import decode_predictions, preprocess_input  # noqa: E402
+from keras_res2net.models import (  # noqa: E402
     Res2Net50,
     Res2Net50V1b,
     Res2Net101,
@@ -16,7 +33,7 @@ from keras_res2net.models import (
     create_model,
     pyramid_model,
 )
-from keras_res2net.variants import VARIANTS, get_variant, list_models
+from keras_res2net.variants import VARIANTS, get_variant, list_models  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -13,23 +13,68 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
-import sys
-import tempfile
 import time
 
 import numpy as np
 
 from keras_res2net import variants
+from keras_res2net.cli_errors import (
+    UsageError,
+    WorkError,
+    atomic_file,
+    os_error_message,
+    remove_stale,
+    report,
+)
 from keras_res2net.weights import ARCH_ATTR, TorchWeights
 
+PROG = "python -m keras_res2net.convert"
+TEMP_PREFIX = ".converting-"
 
-def _write_arch(path: str, arch: dict) -> None:
+
+class _WeightsBuffer(io.BytesIO):
+    """An in-memory `.weights.h5` (Keras checks the name's suffix via str())."""
+
+    def __str__(self) -> str:
+        return "in-memory.weights.h5"
+
+
+def weights_bytes(model, arch: dict) -> bytes:
+    """The `.weights.h5` file of `model` with `arch` as an attribute, built in memory: h5py
+    writing straight onto a full disk leaves a broken handle that segfaults at exit, while a
+    plain file write fails with a clean OSError."""
     import h5py
 
-    with h5py.File(path, "a") as handle:
+    buffer = _WeightsBuffer()
+    model.save_weights(buffer, overwrite=True)
+    with h5py.File(buffer, "a") as handle:
         handle.attrs[ARCH_ATTR] = json.dumps(arch)
+    return buffer.getvalue()
+
+
+def write_verified(model, arch: dict, destination: str, rebuild, size: int = 224) -> None:
+    """Save `model`'s weights (+ `arch`) under a temporary name beside `destination`, reload them
+    with `rebuild(path)`, compare outputs, and only then rename onto `destination`. A full disk
+    or read-only folder raises WorkError naming `destination`; nothing partial is left."""
+    with atomic_file(destination, prefix=TEMP_PREFIX) as temporary:
+        payload = weights_bytes(model, arch)
+        try:
+            with open(temporary, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            raise WorkError(os_error_message(err, destination)) from err
+        check = rebuild(temporary)
+        images = np.random.default_rng(0).standard_normal((1, size, size, 3)).astype("float32")
+        outputs = [np.asarray(m(images, training=False)) for m in (model, check)]
+        diff = float(np.abs(outputs[0] - outputs[1]).max())
+        if diff != 0.0:
+            raise WorkError(f"{destination}: reloaded weights differ from the converted model "
+                            f"({diff:.2e}); nothing written.")
 
 
 def convert(source: str, destination: str, model_name: str, force: bool = False) -> dict:
@@ -37,10 +82,19 @@ def convert(source: str, destination: str, model_name: str, force: bool = False)
     from keras_res2net.models import build_res2net
 
     if not destination.endswith(".weights.h5"):
-        raise ValueError(f"Destination {destination!r} must end in .weights.h5 (Keras' format).")
+        raise UsageError(f"Destination {destination!r} must end in .weights.h5 (Keras' format).")
+    if os.path.isdir(destination):
+        raise UsageError(f"Destination {destination} is a folder.")
     if os.path.exists(destination) and not force:
-        raise FileExistsError(f"{destination} exists; pass --force to overwrite it.")
-    spec = variants.get_variant(model_name)
+        raise UsageError(f"{destination} exists; pass --force to overwrite it.")
+    folder = os.path.dirname(os.path.abspath(destination))
+    remove_stale(folder, (f"{TEMP_PREFIX}*.weights.h5",), PROG)  # of killed runs
+    if not os.path.exists(source):
+        raise UsageError(f"{source}: no such checkpoint file.")
+    try:
+        spec = variants.get_variant(model_name)
+    except ValueError as err:
+        raise UsageError(f"--model: {err}") from err
     start = time.perf_counter()
     checkpoint = TorchWeights(source)
     include_top = checkpoint.checkpoint.has_head
@@ -52,24 +106,11 @@ def convert(source: str, destination: str, model_name: str, force: bool = False)
             "stage_pool": stage_pool, "source": os.path.basename(source),
             "layout": checkpoint.layout}
 
-    folder = os.path.dirname(os.path.abspath(destination))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".weights.h5", dir=folder, prefix=".converting-")
-    os.close(handle)
-    try:
-        model.save_weights(temporary, overwrite=True)
-        _write_arch(temporary, arch)
-        check = build_res2net(spec, include_top=include_top, classes=classes,
-                              classifier_activation=None, weights=temporary)
-        images = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype("float32")
-        outputs = [np.asarray(m(images, training=False)) for m in (model, check)]
-        diff = float(np.abs(outputs[0] - outputs[1]).max())
-        if diff != 0.0:
-            raise RuntimeError(f"Reloaded weights differ from the converted model ({diff:.2e}).")
-        os.replace(temporary, destination)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    def rebuild(path):
+        return build_res2net(spec, include_top=include_top, classes=classes,
+                             classifier_activation=None, weights=path)
+
+    write_verified(model, arch, destination, rebuild)
     report = checkpoint.report
     return {"source": source, "destination": destination, "model": spec.name,
             "layout": checkpoint.layout, "include_top": include_top, "classes": classes,
@@ -85,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True,
                         help="variant name, one of: " + ", ".join(variants.list_models()))
     parser.add_argument("--force", action="store_true", help="overwrite an existing destination")
+    parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
     try:
         result = convert(args.source, args.destination, args.model, force=args.force)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001  one line per error; --verbose for the traceback
+        return report(err, PROG, args.verbose)
     head = f"{result['classes']}-class head" if result["include_top"] else "backbone only"
     print(f"converted {result['source']} ({result['layout']} layout, {head}) -> "
           f"{result['destination']}: {result['tensors']} tensors, reload verified, "

@@ -1,28 +1,84 @@
-"""Top-5 ImageNet classes for each image, with the reference's evaluation transform.
+"""Top-5 classes for each image, with the reference's evaluation transform.
 
     python -m keras_res2net.predict IMAGE... --model NAME --weights PATH [--top 5]
+    python -m keras_res2net.predict IMAGE... --model runs/digits/model.keras
 
 Images are resized so the shorter side is 256 (bilinear), centre-cropped to 224 and
-normalised with `preprocess_input`, as timm evaluates the published checkpoints.
+normalised with `preprocess_input`, as timm evaluates the published checkpoints. A `.keras`
+model (the `model.keras` that training writes) is fed images of its own input size, normalised
+the same way; its eval crop fraction comes from the `train_config.json` beside it, if any.
+16-bit images are scaled to 8 bits (divided by 257), not clipped. Every image is checked
+before the model is built.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 import numpy as np
 
 from keras_res2net import variants
+from keras_res2net.cli_errors import UsageError, report
 from keras_res2net.imagenet import EVAL_CROP, EVAL_RESIZE, decode_predictions, preprocess_input
+
+PROG = "python -m keras_res2net.predict"
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(image, path: str = "image"):
+    """`image` as 8-bit RGB; 16-bit grayscale (modes I;16*, I) scaled by 1/257, not clipped."""
+    from PIL import Image
+
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.float64)
+        if image.mode == "I" and values.min() < 0:
+            raise UsageError(f"{path}: 32-bit signed image with negative values (mode I); "
+                             "convert it to an 8- or 16-bit image first.")
+        gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if image.mode == "F":
+        raise UsageError(f"{path}: floating-point image (mode F) has no defined 0..255 range; "
+                         "convert it to an 8- or 16-bit image first.")
+    return image.convert("RGB")
+
+
+def open_image(path: str):
+    """The opened PIL image, or a UsageError naming `path` and what is wrong with it."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such image file.")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a folder, not an image file.")
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise UsageError(f"{path}: too large to decode safely ({err}); downscale it "
+                         "first.") from err
+    except UnidentifiedImageError as err:
+        raise UsageError(f"{path}: not an image Pillow can read.") from err
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read it ({err}).") from err
+
+
+def check_images(paths: list[str]) -> None:
+    """Open every image's header (fast) so a bad path fails before the model is built."""
+    for path in paths:
+        open_image(path).close()
 
 
 def load_eval_image(path: str, resize: int = EVAL_RESIZE, crop: int = EVAL_CROP) -> np.ndarray:
     """RGB uint8 (crop, crop, 3): shorter side to `resize`, then a centre crop."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        image = image.convert("RGB")
+    with open_image(path) as opened:
+        try:
+            image = to_rgb(opened, path)
+        except (OSError, SyntaxError) as err:  # truncated or corrupt data
+            raise UsageError(f"{path}: corrupt image data ({err}).") from err
         scale = resize / min(image.size)
         size = (max(crop, round(image.width * scale)), max(crop, round(image.height * scale)))
         image = image.resize(size, Image.BILINEAR)
@@ -30,29 +86,111 @@ def load_eval_image(path: str, resize: int = EVAL_RESIZE, crop: int = EVAL_CROP)
         return np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
 
 
-def predict(paths: list[str], model_name: str, weights: str, top: int = 5) -> list:
-    from keras_res2net.models import create_model
+def load_keras_model(path: str):
+    """A `.keras` model file, or a UsageError saying why it is not one."""
+    import zipfile
 
-    model = create_model(model_name, weights=weights)
-    batch = np.stack([load_eval_image(path) for path in paths])
-    probabilities = np.asarray(model.predict(preprocess_input(batch), verbose=0))
-    return decode_predictions(probabilities, top=top)
+    import keras
+
+    if not os.path.isfile(path):
+        raise UsageError(f"--model {path}: no such file.")
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"--model {path}: not a valid .keras file (not a zip archive; "
+                         "truncated or corrupt?).")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as err:  # noqa: BLE001  Keras raises many types for broken archives
+        raise UsageError(f"--model {path}: not a valid .keras file "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]}).") from err
+
+
+def keras_eval_transform(path: str, size: int) -> tuple[int, int]:
+    """(resize, crop) for a trained `.keras` model: its run's eval_crop_fraction if recorded
+    beside it (train_config.json), else the reference's 224/256."""
+    fraction = EVAL_CROP / EVAL_RESIZE
+    record = os.path.join(os.path.dirname(os.path.abspath(path)), "train_config.json")
+    if os.path.isfile(record):
+        try:
+            with open(record) as f:
+                fraction = float(json.load(f).get("eval_crop_fraction") or fraction)
+        except (OSError, ValueError, TypeError):
+            pass
+    return int(np.floor(size / fraction + 0.5)), size
+
+
+def predict(paths: list[str], model_name: str, weights: str | None, top: int = 5,
+            log=None) -> list:
+    """Top-`top` (id, label, score) per image. `model_name` is a variant name (with `weights`)
+    or a `.keras` file."""
+    if top < 1:
+        raise UsageError(f"--top must be >= 1; got {top}.")
+    check_images(paths)
+    if model_name.endswith(".keras"):
+        if weights:
+            raise UsageError("--weights does not apply to a .keras --model (it holds its "
+                             "weights).")
+        model = load_keras_model(model_name)
+        shape = model.input_shape
+        if len(shape) != 4 or shape[-1] != 3 or not shape[1] or shape[1] != shape[2]:
+            raise UsageError(f"--model {model_name}: input shape {shape} is not square RGB "
+                             "images.")
+        resize, crop = keras_eval_transform(model_name, shape[1])
+        if log:
+            log(f"{model_name}: {crop}x{crop} input; each image resized (shorter side {resize}, "
+                f"bilinear), centre-cropped to {crop}, normalised with preprocess_input.")
+    else:
+        if not weights:
+            raise UsageError(f"--model {model_name} needs --weights ('imagenet', a "
+                             ".weights.h5 or a checkpoint), or pass a .keras file as --model.")
+        try:
+            variants.get_variant(model_name)  # before the weights are opened
+        except ValueError as err:
+            raise UsageError(f"--model: {err}") from err
+        resize, crop = EVAL_RESIZE, EVAL_CROP
+        batch = np.stack([load_eval_image(path, resize, crop) for path in paths])  # decoded
+        from keras_res2net.models import create_model  # before the (slow) model is built
+
+        model = create_model(model_name, weights=weights)
+    if model_name.endswith(".keras"):
+        batch = np.stack([load_eval_image(path, resize, crop) for path in paths])
+    # Direct calls, 32 images at a time: no tf.data pipeline or retracing for a few images.
+    probabilities = np.concatenate([
+        np.asarray(model(preprocess_input(batch[i:i + 32]), training=False))
+        for i in range(0, len(batch), 32)])
+    if probabilities.ndim == 2 and probabilities.shape[1] == 1000:
+        return decode_predictions(probabilities, top=top)
+    results = []
+    for row in probabilities.reshape(len(paths), -1):
+        best = np.argsort(row)[::-1][:top]
+        results.append([(str(i), f"class {i}", float(row[i])) for i in best])
+    return results
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m keras_res2net.predict",
-                                     description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.strip().splitlines()[0])
     parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
-    parser.add_argument("--model", required=True, help=", ".join(variants.list_models()))
-    parser.add_argument("--weights", required=True,
-                        help="'imagenet' (converted cache), a .weights.h5 or a checkpoint")
-    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--model", required=True,
+                        help="a .keras file, or a variant: " + ", ".join(variants.list_models()))
+    parser.add_argument("--weights", default=None,
+                        help="for a variant name: 'imagenet' (converted cache), a .weights.h5 "
+                             "or a checkpoint")
+    parser.add_argument("--top", type=positive_int, default=5)
+    parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
     try:
-        results = predict(args.images, args.model, args.weights, args.top)
-    except (ValueError, FileNotFoundError, ImportError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        results = predict(args.images, args.model, args.weights, args.top, log=print)
+    except Exception as err:  # noqa: BLE001  one line per error; --verbose for the traceback
+        return report(err, PROG, args.verbose)
     for path, classes in zip(args.images, results, strict=True):
         print(path)
         for rank, (wnid, label, score) in enumerate(classes, 1):
@@ -61,4 +199,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

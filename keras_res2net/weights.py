@@ -16,6 +16,7 @@ import keras
 from keras_res2net import variants
 from keras_res2net.checkpoints import assign_state_dict, normalize_state_dict, read_state_dict
 from keras_res2net.checkpoints.reader import is_torch_checkpoint
+from keras_res2net.cli_errors import UsageError
 
 LOGGER = logging.getLogger(__name__)
 CACHE_ENV = "KERAS_RES2NET_HOME"
@@ -86,6 +87,9 @@ class KerasWeights:
     def __init__(self, path: str):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Weights file {path!r} does not exist.")
+        if os.path.getsize(path) == 0:
+            raise UsageError(f"{path} is not a valid .weights.h5 file (an empty file; "
+                             "truncated or corrupt?).")
         self.path = path
         self.arch = read_arch_attr(path)
         if self.arch and not self.arch.get("stage_pool", True):
@@ -101,7 +105,12 @@ class KerasWeights:
     def load_into(self, model: keras.Model) -> None:
         has_top = any(layer.name == "fc" for layer in model.layers)
         if not self.arch or has_top == self.arch["include_top"]:
-            model.load_weights(self.path)
+            check_fits(self.path, model)
+            try:
+                model.load_weights(self.path)
+            except ValueError as err:  # Keras' message lists tensor values: keep its first line
+                first = str(err).strip().splitlines()[0][:300]
+                raise UsageError(f"{self.path} does not fit model {model.name}: {first}") from err
             return
         # The file has a classifier the model lacks: load into a donor, copy by layer name.
         from keras_res2net.models import build_res2net
@@ -115,10 +124,79 @@ class KerasWeights:
                 layer.set_weights(donor.get_layer(layer.name).get_weights())
 
 
-def read_arch_attr(path: str) -> dict | None:
+def _open_h5(path: str):
     import h5py
 
-    with h5py.File(path, "r") as handle:
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        what = "an empty file" if size == 0 else f"{size} bytes, no HDF5 signature"
+        raise UsageError(f"{path} is not a valid .weights.h5 file ({what}; truncated or "
+                         "corrupt?).") from err
+
+
+def _shapes_in_file(path: str) -> dict[str, list[tuple]] | None:
+    """{layer name: shapes of its saved variables} of a Keras `.weights.h5`, None if the file
+    is not laid out by layer name (then Keras' own loader decides)."""
+    with _open_h5(path) as handle:
+        layers = handle.get("layers")
+        if layers is None:
+            return None
+        shapes = {}
+        for name, group in layers.items():
+            variables = group.get("vars")
+            if variables is not None and len(variables):
+                shapes[name] = [tuple(variables[key].shape) for key in sorted(variables, key=int)]
+        return shapes
+
+
+def check_fits(path: str, model: keras.Model) -> None:
+    """UsageError naming `path` and what does not fit if its tensors cannot load into `model`
+    (another variant, depth, width or class count); silent when they can."""
+    saved = _shapes_in_file(path)
+    if saved is None:
+        return
+    # Keras stores a functional model's layers under class-based keys (conv2d, conv2d_1, ...)
+    # in model.layers order; map them back to layer names for the message.
+    from keras.src.utils.naming import to_snake_case
+
+    used: dict[str, int] = {}
+    wanted, names = {}, {}
+    for layer in model.layers:
+        key = to_snake_case(layer.__class__.__name__)
+        used[key] = used.get(key, -1) + 1
+        key = f"{key}_{used[key]}" if used[key] else key
+        if layer.weights:
+            wanted[key] = [tuple(w.shape) for w in layer.weights]
+            names[key] = layer.name
+    differ = [key for key in wanted if key in saved
+              and sorted(saved[key]) != sorted(wanted[key])]
+    missing = [key for key in wanted if key not in saved]
+    extra = [key for key in saved if key not in wanted
+             and not (key.startswith("dense") and "fc" not in names.values())]  # unused head
+    if not (differ or missing or extra):
+        return
+    if [names[key] for key in differ] == ["fc"] and not (missing or extra):
+        found, classes = saved[differ[0]][0][-1], wanted[differ[0]][0][-1]
+        raise UsageError(f"{path} has a {found}-class classifier but model {model.name} has "
+                         f"{classes} classes: pass classes={found}, or load it without the top.")
+    parts = []
+    if differ:
+        key = differ[0]
+        parts.append(f"{len(differ)} layers have other shapes (e.g. {names[key]}: file "
+                     f"{saved[key][0]}, model {wanted[key][0]})")
+    if missing:
+        parts.append(f"{len(missing)} model layers are not in the file (e.g. "
+                     f"{names[missing[0]]})")
+    if extra:
+        parts.append(f"{len(extra)} layers in the file are not in the model (e.g. {extra[0]})")
+    raise UsageError(f"{path} does not fit model {model.name}: {'; '.join(parts)}. It was saved "
+                     "from another variant, depth (--layers), width or class count.")
+
+
+def read_arch_attr(path: str) -> dict | None:
+    with _open_h5(path) as handle:
         raw = handle.attrs.get(ARCH_ATTR)
     if raw is None:
         return None

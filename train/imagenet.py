@@ -29,6 +29,8 @@ flags.DEFINE_string("data", "digits", "'digits' (embedded, no download), a TFDS 
 flags.DEFINE_string("data_dir", None, "TFDS data dir, TFRecord dir or image folder root.")
 flags.DEFINE_string("train_split", None, "Train split (TFDS) / shard prefix / sub-folder.")
 flags.DEFINE_string("val_split", None, "Validation split / shard prefix / sub-folder.")
+flags.DEFINE_bool("skip_bad_images", False, "--data folder: skip (and count) images that do "
+                  "not decode, instead of stopping before training with their list.")
 flags.DEFINE_integer("num_classes", None, "Classes in TFRecord data (default 1000).")
 flags.DEFINE_integer("label_offset", 0, "Subtracted from TFRecord labels (1 for the classic "
                      "1-based ImageNet converter).")
@@ -77,38 +79,46 @@ flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every N steps (
 flags.DEFINE_integer("max_checkpoints", 3, "Checkpoints kept.")
 flags.DEFINE_integer("shuffle_buffer", 10_000, "Shuffle buffer (records).")
 flags.DEFINE_bool("eval_only", False, "Evaluate the latest checkpoint (or --init_weights).")
+flags.DEFINE_bool("verbose", False, "Print the traceback of an error, not just its message.")
 
 
 def config_from_flags() -> config_lib.TrainConfig:
     """A resolved TrainConfig from the parsed flags (ValueError on a bad combination)."""
-    def ints(values):
+    def ints(name):
+        values = FLAGS[name].value
         try:
             return tuple(int(v) for v in values) if values is not None else None
         except ValueError as err:
-            raise ValueError(f"expected integers, got {values!r}") from err
+            raise ValueError(f"--{name} expects comma-separated integers; got "
+                             f"{','.join(values)!r}.") from err
 
     fields = {f.name for f in config_lib.dataclasses.fields(config_lib.TrainConfig)}
     values = {name: FLAGS[name].value for name in fields if name in FLAGS}
-    values["layers"] = ints(values["layers"])
-    values["step_epochs"] = ints(values["step_epochs"])
+    values["layers"] = ints("layers")
+    values["step_epochs"] = ints("step_epochs")
     return config_lib.resolve_config(config_lib.TrainConfig(**values))
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from absl import logging
+
+    from keras_res2net.cli_errors import report
+
+    if not FLAGS["verbosity"].present:  # TF's INFO lines (one per checkpoint) are noise here
+        logging.set_verbosity(logging.WARNING)
+    prog = os.path.basename(sys.argv[0])
     try:
         config = config_from_flags()
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err, prog, FLAGS.verbose)
     from keras_res2net.training import run
 
     try:
         run(config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001  one line per error; --verbose for the traceback
+        return report(err, prog, FLAGS.verbose)
     return 0
 
 

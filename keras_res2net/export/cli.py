@@ -240,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as err:
         print(f"res2net-export: error: {err}", file=sys.stderr)
         return 2
+    from keras_res2net.cli_errors import remove_stale
+
+    for folder in sorted({os.path.dirname(os.path.abspath(path)) for path in plan.paths.values()}):
+        remove_stale(folder, (".export-*",), "res2net-export")  # staging of killed runs
     if args.task == "detection":
         from keras_res2net.export.detection import run_exports
     else:
@@ -254,4 +258,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Through the package module, so OptionError raised by runner (which imports
+    # keras_res2net.export.cli) is the class main() catches, not a __main__ copy.
+    from keras_res2net.export.cli import main as package_main
+
+    raise SystemExit(package_main())

@@ -52,6 +52,11 @@ def load_model(model: str, weights: str | None = None, input_size: int | None = 
                classes: int | None = None, **knobs) -> keras.Model:
     """A `.keras` file (loaded with safe_mode=True), or the variant `model` built by name."""
     if model.endswith(".keras"):
+        import zipfile
+
+        if os.path.isfile(model) and not zipfile.is_zipfile(model):  # Keras says "not found"
+            raise ValueError(f"{model} is not a valid .keras file (not a zip archive; "
+                             "truncated or corrupt?)")
         return keras.saving.load_model(model, compile=False, safe_mode=True)
     from keras_res2net.models import create_model
 

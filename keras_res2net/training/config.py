@@ -29,6 +29,7 @@ class TrainConfig:
     num_classes: int | None = None  # tfrecord only (default 1000)
     label_offset: int = 0  # tfrecord: 1 for the classic 1-based ImageNet converter
     val_split: str | None = None
+    skip_bad_images: bool = False  # folder: skip (and count) images that do not decode
     model_dir: str = "runs/default"
     # The network.
     model: str | None = None
@@ -103,6 +104,19 @@ def _choice(name: str, value, allowed) -> None:
 def validate(config: TrainConfig) -> None:
     """Raise ValueError, naming the flag and the received value, for any bad setting."""
     _choice("strategy", config.strategy, STRATEGIES)
+    from keras_res2net import variants
+
+    try:
+        variants.get_variant(config.model)
+    except ValueError as err:
+        raise ValueError(f"--model: {err}") from err
+    if config.layers is not None and (len(config.layers) != 4 or min(config.layers) < 1):
+        raise ValueError(f"--layers must be 4 positive integers (blocks per stage), e.g. "
+                         f"1,1,1,1; got {','.join(map(str, config.layers))}.")
+    for name in ("base_width", "scale"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be a positive integer; got {value}.")
     _choice("mixed_precision", config.mixed_precision, PRECISIONS)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("schedule", config.schedule, SCHEDULES)

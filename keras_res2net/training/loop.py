@@ -7,6 +7,10 @@
 at each epoch end; restarting the same command resumes from the latest one, skipping the
 batches already seen in that epoch. The chief writes checkpoints, TensorBoard scalars,
 `history.json`/`history.png` and the final `model.keras`; other workers save to a scratch dir.
+Data, model and folder are checked before `model_dir` is created; `train_config.json` records
+which model a folder's checkpoints belong to; outputs go through temporary names, and the
+temporaries of a killed run (`.partial-*`, `checkpoints/ckpt-N_temp`) are removed at the next
+start.
 """
 
 from __future__ import annotations
@@ -24,12 +28,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_res2net.cli_errors import atomic_file, remove_stale
 from keras_res2net.training import data, optim
 from keras_res2net.training.config import TrainConfig
 from keras_res2net.training.model import build_model, export_model
 from keras_res2net.training.strategies import is_chief, make_strategy, task_info
 
 MODEL_FILE = "model.keras"
+RUN_RECORD = "train_config.json"  # what model this folder's checkpoints belong to
+# Fields that decide the checkpoint's variables: a folder trained with other values holds
+# another model's checkpoint.
+MODEL_FIELDS = ("model", "layers", "base_width", "scale", "init_weights", "optimizer")
+STALE_PATTERNS = (".partial-*",)  # model.keras / history temporaries of killed runs
+STALE_CHECKPOINT_PATTERNS = ("*_temp", "*_temp_*")  # tf.train.Checkpoint's staging folders
 
 
 @dataclasses.dataclass
@@ -92,7 +103,8 @@ class Trainer:
         self.source = data.open_source(
             config.data, data_dir=config.data_dir, image_size=config.image_size,
             train_split=config.train_split, val_split=config.val_split,
-            num_classes=config.num_classes, label_offset=config.label_offset, seed=config.seed)
+            num_classes=config.num_classes, label_offset=config.label_offset, seed=config.seed,
+            skip_bad_images=config.skip_bad_images)
         train_count = self.source.num_examples[self.source.splits[0]]
         self.steps_per_epoch = config.steps_per_epoch or train_count // config.batch_size
         if self.steps_per_epoch < 1:
@@ -188,7 +200,16 @@ class Trainer:
         latest = tf.train.latest_checkpoint(os.path.join(self.config.model_dir, "checkpoints"))
         if latest is None:
             return 0
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (ValueError, AssertionError, tf.errors.OpError) as err:
+            # The half-restored checkpoint logs "unrestored values" warnings (dozens of lines)
+            # when it is deleted; the error below says all of it.
+            tf.get_logger().setLevel("ERROR")
+            raise ValueError(f"--model_dir {self.config.model_dir}: its checkpoint {latest} "
+                             "belongs to another model (variables differ: "
+                             f"{str(err).strip().splitlines()[0][:160]}); choose another "
+                             "--model_dir or train with the settings it was made with.") from err
         history = os.path.join(self.config.model_dir, "history.json")
         if os.path.exists(history):
             with open(history) as f:
@@ -218,7 +239,15 @@ class Trainer:
         """Train to `epochs`, resuming from the latest checkpoint; return the final eval."""
         config, spe = self.config, self.steps_per_epoch
         step = self.restore()
-        if step:
+        if self.chief:  # after restore: a folder whose checkpoint does not fit keeps its record
+            write_run_record(config)
+        if step >= self.total_steps:
+            self._log(f"Nothing to train: the run in {config.model_dir} already finished "
+                      f"(step {step}/{self.total_steps}, {config.epochs} epochs). Its outputs: "
+                      f"{os.path.join(config.model_dir, MODEL_FILE)}, history.json, "
+                      "history.png. Pass a larger --epochs to train on, or a new --model_dir "
+                      "to start over.")
+        elif step:
             self._log(f"Resumed from {self.manager.latest_checkpoint or 'checkpoint'} at step "
                       f"{step} (epoch {step // spe + 1}, batch {step % spe}).")
         writer = self._summary_writer()
@@ -300,8 +329,9 @@ class Trainer:
                     tf.summary.scalar(f"validation/{key[4:]}", record[key])
             writer.flush()
         if self.chief:
-            with open(os.path.join(self.config.model_dir, "history.json"), "w") as f:
-                json.dump(self.history, f, indent=1)
+            with atomic_file(os.path.join(self.config.model_dir, "history.json")) as temporary:
+                with open(temporary, "w") as f:
+                    json.dump(self.history, f, indent=1)
 
     def finish(self) -> str | None:
         """Write `model.keras` and `history.png` (chief); drop a worker's scratch copy."""
@@ -310,9 +340,12 @@ class Trainer:
         if not self.chief:
             return None
         path = os.path.join(self.config.model_dir, MODEL_FILE)
-        export_model(self.model, self.config, self.source.num_classes).save(path)
+        exported = export_model(self.model, self.config, self.source.num_classes)
+        with atomic_file(path) as temporary:  # a kill mid-save leaves no truncated model.keras
+            exported.save(temporary)
         if self.history:
-            plot_history(self.history, os.path.join(self.config.model_dir, "history.png"))
+            with atomic_file(os.path.join(self.config.model_dir, "history.png")) as temporary:
+                plot_history(self.history, temporary)
         return path
 
     def _summary(self, result: EvalResult, elapsed: float, images: int, steps: int,
@@ -352,10 +385,63 @@ def plot_history(history: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def _record_fields(config: TrainConfig) -> dict:
+    record = dataclasses.asdict(config)
+    record["layers"] = list(config.layers) if config.layers else None
+    return record
+
+
+def read_run_record(model_dir: str) -> dict | None:
+    path = os.path.join(model_dir, RUN_RECORD)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def check_model_dir(config: TrainConfig) -> None:
+    """Refuse a `model_dir` whose checkpoints belong to another model (its run record says so)
+    before anything is built or written."""
+    record = read_run_record(config.model_dir)
+    has_checkpoint = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    if record is None or not has_checkpoint:
+        return
+    ours = _record_fields(config)
+    differ = [name for name in MODEL_FIELDS if record.get(name) != ours.get(name)]
+    if differ:
+        theirs = ", ".join(f"--{name} {record.get(name)}" for name in differ)
+        mine = ", ".join(f"--{name} {ours.get(name)}" for name in differ)
+        raise ValueError(f"--model_dir {config.model_dir} belongs to another model (trained "
+                         f"with {theirs}; this run has {mine}): choose another --model_dir, or "
+                         "rerun with the settings it was made with.")
+
+
+def write_run_record(config: TrainConfig) -> None:
+    """`train_config.json`: the resolved config, read back by `check_model_dir` on resume and
+    by `keras_res2net.predict` (eval transform of model.keras)."""
+    path = os.path.join(config.model_dir, RUN_RECORD)
+    if read_run_record(config.model_dir) is not None and tf.train.latest_checkpoint(
+            os.path.join(config.model_dir, "checkpoints")):
+        return  # keep the record of the run being resumed
+    with atomic_file(path) as temporary:
+        with open(temporary, "w") as f:
+            json.dump(_record_fields(config), f, indent=1)
+
+
 def run(config: TrainConfig) -> EvalResult:
-    """Train (or, with `eval_only`, evaluate) as `config` says; the entry point of scripts."""
-    os.makedirs(config.model_dir, exist_ok=True)
-    trainer = Trainer(config)
+    """Train (or, with `eval_only`, evaluate) as `config` says; the entry point of scripts.
+
+    Everything that can be checked (data, model, the folder's earlier run) is checked before
+    `model_dir` is created, and temporaries of killed runs are removed (and reported)."""
+    check_model_dir(config)
+    trainer = Trainer(config)  # opens (and scans) the data, builds the model: writes nothing
+    if is_chief(trainer.strategy):
+        os.makedirs(config.model_dir, exist_ok=True)
+        remove_stale(config.model_dir, STALE_PATTERNS)
+        remove_stale(os.path.join(config.model_dir, "checkpoints"), STALE_CHECKPOINT_PATTERNS)
     if not config.eval_only:
         return trainer.train()
     step = trainer.restore()

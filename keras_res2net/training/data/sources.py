@@ -38,7 +38,8 @@ class Source:
 
 def open_source(data: str, *, data_dir: str | None = None, image_size: int = 32,
                 train_split: str | None = None, val_split: str | None = None,
-                num_classes: int | None = None, label_offset: int = 0, seed: int = 0) -> Source:
+                num_classes: int | None = None, label_offset: int = 0, seed: int = 0,
+                skip_bad_images: bool = False) -> Source:
     """The `Source` for `--data`: "digits", "tfrecord", "folder" or any TFDS name."""
     if data == "digits":
         return digits_source(image_size, seed)
@@ -46,7 +47,7 @@ def open_source(data: str, *, data_dir: str | None = None, image_size: int = 32,
         return tfrecord_source(data_dir, train_split or "train", val_split or "validation",
                                num_classes or 1000, label_offset)
     if data == "folder":
-        return folder_source(data_dir, train_split, val_split)
+        return folder_source(data_dir, train_split, val_split, skip_bad_images=skip_bad_images)
     return tfds_source(data, data_dir, train_split, val_split)
 
 
@@ -152,8 +153,16 @@ def _count_records(paths: list[str]) -> int:
     return int(tf.data.TFRecordDataset(paths).reduce(0, lambda n, _: n + 1))
 
 
-def folder_source(data_dir: str, train_split: str | None, val_split: str | None) -> Source:
-    """`data_dir/{train,val}/<class>/<image>`: class indices follow sorted folder names."""
+def folder_source(data_dir: str, train_split: str | None, val_split: str | None,
+                  skip_bad_images: bool = False) -> Source:
+    """`data_dir/{train,val}/<class>/<image>`: class indices follow sorted folder names.
+
+    Every image is decoded once up front (`find_bad_images`), so a corrupt file stops the run
+    before training with the list of bad files, or with `skip_bad_images` is left out and
+    counted, instead of failing mid-epoch with a decoder error that names no file.
+    """
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data_dir {data_dir!r}: no such folder.")
     train = train_split or "train"
     val = val_split or next((name for name in ("val", "validation")
                              if os.path.isdir(os.path.join(data_dir, name))), "val")
@@ -167,10 +176,30 @@ def folder_source(data_dir: str, train_split: str | None, val_split: str | None)
     classes = sorted(entry.name for entry in os.scandir(listing[train]) if entry.is_dir())
     if not classes:
         raise FileNotFoundError(f"--data folder: {listing[train]!r} has no class sub-folders.")
+    if len(classes) < 2:
+        raise ValueError(f"--data folder: {listing[train]!r} has a single class folder "
+                         f"({classes[0]!r}); a classifier needs at least 2 classes.")
     files = {split: _list_images(root, classes) for split, root in listing.items()}
     for split, (paths, _) in files.items():
         if not paths:
             raise FileNotFoundError(f"--data folder: no images in {listing[split]!r}.")
+    bad = find_bad_images([path for paths, _ in files.values() for path in paths])
+    if bad and not skip_bad_images:
+        shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more"
+                                          if len(bad) > 20 else "")
+        raise ValueError(f"--data folder: {len(bad)} image(s) in {data_dir!r} cannot be decoded "
+                         f"(pass --skip_bad_images to train without them):\n  {shown}")
+    if bad:
+        skipped = set(bad)
+        for split, (paths, labels) in list(files.items()):
+            kept = [(path, label) for path, label in zip(paths, labels, strict=True)
+                    if path not in skipped]
+            if not kept:
+                raise FileNotFoundError(f"--data folder: no decodable images in "
+                                        f"{listing[split]!r}.")
+            files[split] = ([path for path, _ in kept], [label for _, label in kept])
+        print(f"--skip_bad_images: skipped {len(bad)} image(s) that cannot be decoded "
+              f"(first: {bad[0]}).", flush=True)
 
     def records(split: str, shuffle_seed: int | None) -> tf.data.Dataset:
         paths, labels = files[split]
@@ -180,6 +209,25 @@ def folder_source(data_dir: str, train_split: str | None, val_split: str | None)
 
     return Source("folder", len(classes), {split: len(files[split][0]) for split in files},
                   (train, val), records)
+
+
+def find_bad_images(paths: list[str]) -> list[str]:
+    """The paths TensorFlow's decoders (the ones training uses) cannot decode, in order.
+
+    One parallel tf.data pass: decode each file, keep the index of those that succeed."""
+    if not paths:
+        return []
+
+    def decode(index):
+        image = tf.io.decode_image(tf.io.read_file(tf.gather(tensor, index)), channels=3,
+                                   expand_animations=False)
+        return index, tf.shape(image)[0]
+
+    tensor = tf.constant(paths)
+    ds = tf.data.Dataset.range(len(paths)).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors(log_warning=False)
+    good = {int(index) for index, _ in ds.as_numpy_iterator()}
+    return [path for i, path in enumerate(paths) if i not in good]
 
 
 def _list_images(root: str, classes: list[str]) -> tuple[list[str], list[int]]:
