@@ -20,7 +20,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_missing_imagenet_weights_explain_how_to_convert(cache):
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(FileNotFoundError, match="python -m keras_res2net.convert") as error:
         keras_res2net.Res2Net101V1b(weights="imagenet")
     message = str(error.value)
     assert "res2net101_v1b_26w_4s-0812c246.pth" in message and "https://" in message

@@ -75,7 +75,7 @@ def test_folder_of_images(tmp_path):
 
 
 def test_tfds_mock_data():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # the `data` extra, part of `test`: no skip
     with tfds.testing.mock_data(num_examples=8):
         source = open_source("imagenette")
         assert source.num_classes == 10
