@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -30,6 +31,7 @@ def test_registry_holds_the_reference_experiments():
 
 
 def test_train_step_trains_heads_and_keeps_frozen_stages(shapes_val):
+    keras.utils.set_random_seed(0)
     config = _tiny_config(frozen_stages=1, norm_eval=True)
     task = DetectionTask(config)
     model = task.build_model()
@@ -64,8 +66,6 @@ def test_train_step_trains_heads_and_keeps_frozen_stages(shapes_val):
 @pytest.fixture(scope="module")
 def loose_model():
     """A seeded tiny Mask R-CNN that keeps every candidate (score threshold 0)."""
-    import keras
-
     keras.utils.set_random_seed(3)
     config = _tiny_config()
     config.model.detection.score_threshold = 0.0
