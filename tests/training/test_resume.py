@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from loopback import ROOT, script_env
 
@@ -43,6 +44,7 @@ def _latest_step(ckpt_dir: str) -> int:
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(tmp_path, tiny_config, train_script):
     model_dir = str(tmp_path / "run")
     ckpt_dir = os.path.join(model_dir, "checkpoints")
