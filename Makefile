@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-tf test-jax lint run variants fixtures fixtures-timm fixtures-mmdet benchmark \
-	benchmark-train benchmark-export clean
+.PHONY: install test test-fast test-tf test-jax lint run variants fixtures fixtures-timm \
+	fixtures-mmdet benchmark benchmark-train benchmark-export clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +19,22 @@ install: $(VENV)/.installed
 lint: install
 	$(VENV)/bin/ruff check .
 
-# Whole suite on TensorFlow, then the core model tests again on JAX.
+# Whole suite on TensorFlow, then the core model tests again on JAX. Every run ends with its
+# 15 slowest tests, so a test that grows expensive shows up in the CI log.
+PYTEST := $(PY) -m pytest --durations=15
+
 test: install lint test-tf test-jax
 
 test-tf: install
-	KERAS_BACKEND=tensorflow $(PY) -m pytest tests
+	KERAS_BACKEND=tensorflow $(PYTEST) tests
 
 test-jax: install
-	KERAS_BACKEND=jax $(PY) -m pytest -m core tests
+	KERAS_BACKEND=jax $(PYTEST) -m core tests
+
+# The everyday loop: everything but the tests marked `slow` (full trainings, exports of every
+# format, the multi-worker and kill/resume subprocess runs, the keras-hub fit), on TensorFlow.
+test-fast: install
+	KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" tests
 
 # The main job on the embedded digits (no download): train a small Res2Net (a few minutes on
 # 2 cores, prints validation top-1, writes runs/digits/model.keras), then export it to TFLite

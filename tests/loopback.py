@@ -1,8 +1,9 @@
 """Run a training script as a 2-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1.
 
-Shared by the classification and detection multi-worker tests: free loopback ports, one
+Shared by the classification and detection multi-worker tests: free loopback ports (a
+cluster is restarted on new ports if one was taken before a worker bound it), one
 `TF_CONFIG` per worker (worker 0 is the chief), every process bounded by a timeout and
-killed if it outlives it.
+killed if it outlives it or another worker fails.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,40 +38,81 @@ def script_popen(script: str) -> Callable[..., subprocess.Popen]:
     return popen
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` ports that were free on 127.0.0.1 a moment ago."""
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
+def _bound_sockets(n: int) -> list[socket.socket]:
+    """`n` sockets bound to free loopback ports, held until the workers are about to start."""
+    sockets = []
+    for _ in range(n):
+        s = socket.socket()
         s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+        sockets.append(s)
+    return sockets
 
 
-def run_workers(popen: Callable[..., subprocess.Popen], args: list[str], workers: int = 2,
-                timeout: float = 240) -> list[str]:
-    """Start `workers` processes with `popen(args, env=..., ...)`; return their stdouts.
+# What a worker prints when another process took its port between our release and its bind.
+ADDRESS_IN_USE = re.compile(r"Address already in use|EADDRINUSE|Could not start gRPC server")
 
-    Fails the test with a worker's stderr tail if it exits non-zero."""
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
-    procs = []
-    for index in range(workers):
-        tf_config = json.dumps({"cluster": {"worker": addresses},
-                                "task": {"type": "worker", "index": index}})
-        procs.append(popen(args, env={"TF_CONFIG": tf_config}, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outputs = []
+
+def _run_cluster(popen, args, workers, timeout, folder) -> list[tuple[int, str, str]]:
+    """One attempt: (returncode, stdout, stderr) per worker. The ports are released only at
+    the start; if a worker fails, the others (waiting for it forever) are killed."""
+    sockets = _bound_sockets(workers)
+    addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    procs, files = [], []
     try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            assert proc.returncode == 0, err[-3000:]
-            outputs.append(out)
+        for s in sockets:
+            s.close()
+        for index in range(workers):
+            tf_config = json.dumps({"cluster": {"worker": addresses},
+                                    "task": {"type": "worker", "index": index}})
+            out = open(os.path.join(folder, f"worker{index}.out"), "w+")
+            err = open(os.path.join(folder, f"worker{index}.err"), "w+")
+            files.append((out, err))
+            procs.append(popen(args, env={"TF_CONFIG": tf_config}, text=True, stdout=out,
+                               stderr=err))
+        deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.2)
+        results = []
+        for proc, (out, err) in zip(procs, files, strict=True):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            out.seek(0)
+            err.seek(0)
+            results.append((proc.returncode, out.read(), err.read()))
+        return results
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    return outputs
+        for pair in files:
+            for f in pair:
+                f.close()
+
+
+def run_workers(popen: Callable[..., subprocess.Popen], args: list[str], workers: int = 2,
+                timeout: float = 240, attempts: int = 3) -> list[str]:
+    """Start `workers` processes with `popen(args, env=..., ...)`; return their stdouts.
+
+    A free port can be taken by another process before a worker binds it (the window is a
+    worker's start-up): a cluster whose worker reports its address in use is started again on
+    new ports, up to `attempts` times. Any other failure fails the test with the failing
+    worker's stderr tail."""
+    for attempt in range(attempts):
+        with tempfile.TemporaryDirectory() as folder:
+            results = _run_cluster(popen, args, workers, timeout, folder)
+        if all(code == 0 for code, _, _ in results):
+            return [out for _, out, _ in results]
+        failed = [err for code, _, err in results if code != 0]
+        if attempt + 1 < attempts and any(ADDRESS_IN_USE.search(err) for err in failed):
+            continue
+        codes = [code for code, _, _ in results]
+        # A worker killed here (code -9) was waiting for the one that failed.
+        first = next((err for code, _, err in results if code not in (0, -9)), failed[0])
+        raise AssertionError(f"worker exit codes {codes}:\n{first[-3000:]}")
+    raise AssertionError("unreachable")
 
 
 def weight_digests(outputs: list[str]) -> list[str]:

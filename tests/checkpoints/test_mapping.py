@@ -41,7 +41,7 @@ def test_missing_and_unused_keys_are_named(save_safetensors):
     tensors = reduced_checkpoint()
     del tensors["layer1.1.convs.1.weight"]
     tensors["layer9.0.conv1.weight"] = np.zeros((4, 4, 1, 1), np.float32)
-    with pytest.raises(CheckpointMismatchError) as error:
+    with pytest.raises(CheckpointMismatchError, match="no checkpoint tensor") as error:
         reduced_model(weights=save_safetensors(tensors))
     message = str(error.value)
     assert "layer1.1.convs.1.weight" in message and "no checkpoint tensor" in message

@@ -101,12 +101,14 @@ def test_sample_rois_caps_positives_at_the_fraction():
 
 @pytest.fixture(scope="module")
 def cascade():
+    keras.utils.set_random_seed(0)
     task = DetectionTask(tiny_config("cascade_rcnn_res2net50_fpn_synthetic"))
     return task, task.build_model()
 
 
 @pytest.fixture(scope="module")
 def cascade_mask():
+    keras.utils.set_random_seed(0)
     task = DetectionTask(tiny_config("cascade_mask_rcnn_res2net50_fpn_synthetic"))
     return task, task.build_model()
 

@@ -38,7 +38,7 @@ def test_shifted_boxes_lose_the_strict_thresholds(shapes_val):
 @pytest.mark.parametrize("shift", [0.0, 0.23])
 def test_faster_coco_eval_matches_pycocotools(shapes_val, shift):
     """The opt-in C++ evaluator gives the 12 numbers pycocotools gives (boxes and masks)."""
-    pytest.importorskip("faster_coco_eval")
+    import faster_coco_eval  # noqa: F401  (the `detection` extra, part of `test`: no skip)
     dataset = load_coco(*shapes_val)
     rng = np.random.default_rng(1)
     evaluators = {name: CocoEvaluator(dataset.coco, dataset.category_ids, evaluator=name)

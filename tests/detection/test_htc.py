@@ -35,6 +35,7 @@ MAX_POS = 4  # tiny config: 16 RoIs * 25% positives
 
 @pytest.fixture(scope="module")
 def htc():
+    keras.utils.set_random_seed(0)
     task = DetectionTask(tiny_config("htc_without_semantic_res2net50_fpn_synthetic"))
     model = task.build_model()
     images = tiny_batch()["images"]
@@ -230,6 +231,7 @@ def test_htc_train_step_trains_every_head_and_conv_res(htc):
 
 @pytest.fixture(scope="module")
 def htc_semantic():
+    keras.utils.set_random_seed(0)
     task = DetectionTask(tiny_config("htc_res2net50_fpn_synthetic"))
     return task, task.build_model()
 

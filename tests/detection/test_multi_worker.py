@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import tensorflow as tf
 from loopback import run_workers, script_popen, weight_digests
 
@@ -21,6 +22,7 @@ from keras_res2net.detection.data.synthetic import write_dataset
 from keras_res2net.detection.trainer import WEIGHTS
 
 
+@pytest.mark.slow
 def test_two_workers_train_detector_in_lock_step(tmp_path):
     data_dir = write_dataset(tmp_path / "shapes", train=4, val=2, seed=5, size=64)
     data = configs.get_experiment("mask_rcnn_res2net50_fpn_synthetic").data

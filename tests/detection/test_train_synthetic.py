@@ -10,8 +10,12 @@ full experiments (300 steps at 128x128) are the benchmark: benchmarks/detection_
 
 import time
 
+import pytest
+
 from keras_res2net.detection import configs, trainer
 from keras_res2net.detection.data.synthetic import write_dataset
+
+pytestmark = pytest.mark.slow
 
 STEPS = 150
 HTC_STEPS = 150

@@ -122,7 +122,7 @@ def test_corrupted_onnx_is_caught(tiny_model_path, tmp_path, capsys, monkeypatch
 
 def test_staged_path_cleans_up_on_failure(tmp_path):
     final = tmp_path / "artifact.bin"
-    with pytest.raises(verify.ExportError):
+    with pytest.raises(verify.ExportError, match="check failed"):
         with verify.staged_path(str(final), force=False) as temp:
             open(temp, "wb").close()
             raise verify.ExportError("check failed")

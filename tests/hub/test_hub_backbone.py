@@ -184,6 +184,7 @@ def retinanet(backbone: Res2NetBackbone):
                                           preprocessor=preprocessor)
 
 
+@pytest.mark.slow
 def test_retinanet_trains_predicts_and_saves_on_the_backbone(tmp_path):
     keras.utils.set_random_seed(0)
     backbone = tiny_backbone(image_shape=(SIZE, SIZE, 3))

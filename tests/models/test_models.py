@@ -104,7 +104,7 @@ def test_dla_needs_multiples_of_32():
 
 def test_wrong_input_at_call_time_is_rejected():
     model = keras_res2net.Res2Net50(input_shape=(64, 64, 3), **SMALL)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 3"):
         model(np.zeros((1, 64, 64, 1), np.float32))
 
 

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from keras_res2net.training.config import TrainConfig, resolve_config
 from keras_res2net.training.data import eval_dataset, open_source, train_dataset
+from keras_res2net.training.data.pipeline import mixup_cutmix
 
 
 def _jpeg(seed: int, shape=(40, 56)) -> bytes:
@@ -74,7 +75,7 @@ def test_folder_of_images(tmp_path):
 
 
 def test_tfds_mock_data():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # the `data` extra, part of `test`: no skip
     with tfds.testing.mock_data(num_examples=8):
         source = open_source("imagenette")
         assert source.num_classes == 10
@@ -106,9 +107,101 @@ def test_digits_resume_skips_seen_batches():
     np.testing.assert_allclose(resumed[0], full[2][0], atol=1e-5)
 
 
-def test_mixup_cutmix_make_soft_labels():
+def _batches(config, count=1):
     source = open_source("digits", image_size=32)
-    config = _config(mixup_alpha=0.4, cutmix_alpha=1.0, batch_size=8)
-    _, labels = next(iter(train_dataset(source, config, None, epoch=0)))
-    np.testing.assert_allclose(tf.reduce_sum(labels, -1), np.ones(8), atol=1e-5)
+    return [(np.asarray(x), np.asarray(y))
+            for x, y in train_dataset(source, config, None, epoch=0).take(count)]
+
+
+def _mixup_weight(mixed, labels):
+    """lam of `lam * labels + (1 - lam) * reversed labels`, from a row whose two classes
+    differ (None if every row pairs equal classes)."""
+    other = labels[::-1]
+    for row in np.flatnonzero(labels.argmax(-1) != other.argmax(-1)):
+        return float(mixed[row, labels[row].argmax()])
+    return None
+
+
+def test_mixup_mixes_images_and_labels_with_one_weight():
+    tf.random.set_seed(0)
+    deterministic = dict(flip=False, crop_scale_min=1.0, batch_size=8)
+    [(images, labels)] = _batches(_config(**deterministic))
+    [(mixed, soft)] = _batches(_config(mixup_alpha=0.4, **deterministic))
+    lam = _mixup_weight(soft, labels)
+    assert lam is not None and 0.0 < lam < 1.0
+    assert np.any((soft > 1e-3) & (soft < 1 - 1e-3)), "no soft label"
+    np.testing.assert_allclose(soft, lam * labels + (1 - lam) * labels[::-1], atol=1e-5)
+    # Each image is the same convex combination of itself and its partner in the reversed batch.
+    np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[::-1], atol=1e-4)
+
+
+def _check_cutmix(images, mixed, labels, soft):
+    """`mixed` pastes one rectangle of the reversed batch into every image; the labels weigh
+    the partner's class by the rectangle's area. Returns that area."""
+    other = images[::-1]
+    from_self = np.isclose(mixed, images, atol=1e-5).all(-1)
+    from_other = np.isclose(mixed, other, atol=1e-5).all(-1)
+    assert (from_self | from_other).all(), "a pixel from neither image"
+    # Pixels that tell the two images apart decide; the box is the same for the whole batch.
+    inside = (from_other & ~from_self).any(0)
+    outside = (from_self & ~from_other).any(0)
+    assert not (inside & outside).any()
+    rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+    if rows.size:
+        box = np.zeros_like(inside)
+        box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+        assert not (box & outside).any(), "the pasted pixels are not one rectangle"
+    area = 1.0 - _mixup_weight(soft, labels)
+    np.testing.assert_allclose(soft, (1 - area) * labels + area * labels[::-1], atol=1e-5)
+    # The label weight is the pasted area: at least the box the decisive pixels span, at
+    # most everything not shown to come from the image itself.
+    height, width = inside.shape
+    lower = rows.size and (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+    assert lower / (height * width) - 1e-5 <= area <= 1 - outside.mean() + 1e-5
+    return area
+
+
+def test_cutmix_pastes_a_rectangle_weighted_by_its_area():
+    tf.random.set_seed(0)
+    deterministic = dict(flip=False, crop_scale_min=1.0, batch_size=8)
+    clean = _batches(_config(**deterministic), count=3)
+    cut = _batches(_config(cutmix_alpha=1.0, **deterministic), count=3)
+    areas = [_check_cutmix(x, m, y, s) for (x, y), (m, s) in zip(clean, cut, strict=True)]
+    assert any(0.0 < area < 1.0 for area in areas), areas
+
+
+def test_cutmix_box_on_distinct_images():
+    """On images whose every pixel differs from its partner's, the box is exact."""
+    tf.random.set_seed(1)
+    images = tf.random.uniform((4, 16, 24, 3))
+    labels = tf.one_hot([0, 1, 2, 3], 4)
+    for _ in range(5):
+        mixed, soft = (np.asarray(t) for t in mixup_cutmix(images, labels, 0.0, 1.0))
+        pasted = (mixed != np.asarray(images)).any(-1)
+        box = pasted[0]
+        assert (pasted == box).all(), "the same box in every image"
+        rows, cols = box.any(1), box.any(0)
+        np.testing.assert_array_equal(box, rows[:, None] & cols[None, :])
+        np.testing.assert_allclose(mixed[:, box], np.asarray(images)[::-1][:, box])
+        area = box.mean()
+        np.testing.assert_allclose(soft, (1 - area) * np.asarray(labels)
+                                   + area * np.asarray(labels)[::-1], atol=1e-6)
+
+
+def test_mixup_cutmix_make_soft_labels():
+    tf.random.set_seed(0)
+    deterministic = dict(flip=False, crop_scale_min=1.0, batch_size=8)
+    clean = _batches(_config(**deterministic), count=8)
+    both = _batches(_config(mixup_alpha=0.4, cutmix_alpha=1.0, **deterministic), count=8)
+    kinds = set()
+    for (images, labels), (mixed, soft) in zip(clean, both, strict=True):
+        np.testing.assert_allclose(soft.sum(-1), np.ones(8), atol=1e-5)
+        lam = _mixup_weight(soft, labels)
+        if np.allclose(mixed, lam * images + (1 - lam) * images[::-1], atol=1e-4):
+            kinds.add("mixup")
+        else:
+            _check_cutmix(images, mixed, labels, soft)
+            kinds.add("cutmix")
+    assert kinds == {"mixup", "cutmix"}  # with both on, each batch picks one of them
+    assert any(np.any((s > 1e-3) & (s < 1 - 1e-3)) for _, s in both), "no soft label"
     assert os.environ.get("KERAS_BACKEND") == "tensorflow"

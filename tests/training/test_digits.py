@@ -8,12 +8,14 @@ import os
 
 import keras
 import numpy as np
+import pytest
 
 from keras_res2net import preprocess_input
 from keras_res2net.datasets import load_digits
 from keras_res2net.training import run
 
 
+@pytest.mark.slow
 def test_digits_learns_and_exports(tmp_path, tiny_config):
     model_dir = tmp_path / "digits"
     # The `--data digits` defaults, shortened: the README run trains longer (>= 97%).

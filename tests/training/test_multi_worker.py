@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import tensorflow as tf
 from loopback import run_workers, weight_digests
 
 
+@pytest.mark.slow
 def test_two_workers_end_identical_and_chief_checkpoints(tmp_path, train_script):
     model_dir = str(tmp_path / "run")
     args = [*train_script.tiny_flags, "--strategy", "multi_worker", "--epochs", "1",

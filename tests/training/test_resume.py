@@ -6,13 +6,37 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
+from loopback import ROOT, script_env
 
-STEPS = 8
+STEPS = 4
 EPOCHS = 2
+KILL_AT = 6  # a mid-epoch checkpoint of the second epoch (checkpoints every 2 steps)
+SCRIPT = os.path.join(ROOT, "train", "imagenet.py")
+
+# train/imagenet.py with Trainer.save patched to stop the process right after the checkpoint
+# of step KILL_AT, so the test kills the run at that point, not wherever it got to.
+STOP_AFTER_CHECKPOINT = """
+import os, runpy, signal, sys
+from keras_res2net.training import loop
+
+save = loop.Trainer.save
+
+def save_then_stop(self):
+    save(self)
+    if int(self.step.numpy()) == {kill_at}:
+        open({marker!r}, "w").close()
+        os.kill(os.getpid(), signal.SIGSTOP)  # held here until the test's SIGKILL
+
+loop.Trainer.save = save_then_stop
+sys.argv = [{script!r}, *sys.argv[1:]]
+runpy.run_path({script!r}, run_name="__main__")
+"""
 
 
 def _latest_step(ckpt_dir: str) -> int:
@@ -20,22 +44,29 @@ def _latest_step(ckpt_dir: str) -> int:
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(tmp_path, tiny_config, train_script):
     model_dir = str(tmp_path / "run")
     ckpt_dir = os.path.join(model_dir, "checkpoints")
+    marker = str(tmp_path / "stopped")
     args = [*train_script.tiny_flags, "--epochs", str(EPOCHS), "--steps_per_epoch", str(STEPS),
             "--checkpoint_every", "2", "--model_dir", model_dir]
-    proc = train_script.popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = STOP_AFTER_CHECKPOINT.format(kill_at=KILL_AT, marker=marker, script=SCRIPT)
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=script_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 180
-        while _latest_step(ckpt_dir) < 4 and proc.poll() is None and time.time() < deadline:
+        while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.1)
+        assert os.path.exists(marker), "the run never reached its checkpoint"
         proc.send_signal(signal.SIGKILL)
     finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
     killed_at = _latest_step(ckpt_dir)
-    assert 4 <= killed_at < EPOCHS * STEPS
+    assert killed_at == KILL_AT
     assert not os.path.exists(os.path.join(model_dir, "model.keras"))
 
     # Restoring gives back the checkpoint's step and trained weights (not the fresh init).
