@@ -267,6 +267,7 @@ def unmatched_detections(case: Case, outputs: dict) -> list[list[int]]:
     return missing_per_image
 
 
+@pytest.mark.slow
 def test_final_detections_and_masks_from_mmdetections_proposals(case):
     """The whole RoI stage (every cascade refinement, score averaging, per-class NMS, masks,
     rescaling and pasting) on mmdetection's proposals: all 50 best found, per image."""
@@ -279,6 +280,7 @@ def test_final_detections_and_masks_from_mmdetections_proposals(case):
     assert unmatched_detections(case, outputs) == [[] for _ in case.images]
 
 
+@pytest.mark.slow
 def test_final_detections_end_to_end(case):
     """From the images: the proposals may differ in a tie at a level's nms_pre cut (two
     logits 5e-6 apart in the HTC fixture), which can change one final detection; at most one
