@@ -76,48 +76,71 @@ def _fixed_grid(flat_features, offsets, widths, hf, wf, rois, output_size: int,
     return ops.mean(result, axis=(2, 4))
 
 
+SAMPLE_CHUNK = 65536  # samples interpolated at once by the adaptive RoIAlign
+
+
 def _adaptive_grid(flat_features, offsets, widths, hf, wf, rois, output_size: int,
                    grid_size: int):
     """mmcv's `sampling_ratio=0`: each RoI's bins take `ceil(roi size / grid_size)` samples
     per axis (times `grid_size // output_size`, see `roi_align_flat`).
 
     The sample count differs per RoI, so the samples of all RoIs are laid out as one ragged
-    list (its length known only at run time), bilinearly interpolated and summed into their
-    bins with a segment sum: work proportional to the samples taken, as in mmcv's kernel.
+    list (its length known only at run time) and summed into their bins with a segment sum:
+    work proportional to the samples taken, as in mmcv's kernel. The list is interpolated
+    `SAMPLE_CHUNK` samples at a time in a loop, so memory stays bounded (a full-size R2-101
+    batch of 2000 RoIs takes millions of samples of 256 channels).
     """
     factor = grid_size // output_size
     num_rois = ops.shape(rois)[0]
     bins = output_size * output_size
+    num_bins = num_rois * bins
+    channels = ops.shape(flat_features)[-1]
     roi_h = rois[:, 3] - rois[:, 1]
     roi_w = rois[:, 2] - rois[:, 0]
     n_y = ops.cast(ops.maximum(ops.ceil(roi_h / grid_size), 0.0), "int32") * factor
     n_x = ops.cast(ops.maximum(ops.ceil(roi_w / grid_size), 0.0), "int32") * factor
     counts = ops.reshape(ops.broadcast_to((n_y * n_x)[:, None], (num_rois, bins)), (-1,))
-    segment = ops.repeat(ops.arange(num_rois * bins, dtype="int32"), counts, axis=0)
+    segments = ops.repeat(ops.arange(num_bins, dtype="int32"), counts, axis=0)
     starts = ops.cumsum(counts) - counts
-    local = ops.arange(ops.shape(segment)[0], dtype="int32") - ops.take(starts, segment)
-    roi = segment // bins
-    by = ops.cast((segment % bins) // output_size, "float32")
-    bx = ops.cast(segment % output_size, "float32")
-    ny, nx = ops.take(n_y, roi), ops.take(n_x, roi)
-    iy = ops.cast(local // ops.maximum(nx, 1), "float32")
-    ix = ops.cast(local % ops.maximum(nx, 1), "float32")
-    bin_h = ops.take(roi_h, roi) / output_size
-    bin_w = ops.take(roi_w, roi) / output_size
-    y = ops.take(rois[:, 1], roi) + by * bin_h + (iy + 0.5) * bin_h / ops.cast(ny, "float32")
-    x = ops.take(rois[:, 0], roi) + bx * bin_w + (ix + 0.5) * bin_w / ops.cast(nx, "float32")
-    y_lo, y_hi, wy_lo, wy_hi = _axis_weights(y, ops.take(hf, roi))
-    x_lo, x_hi, wx_lo, wx_hi = _axis_weights(x, ops.take(wf, roi))
-    base = ops.take(offsets, roi)
-    row = ops.take(widths, roi)
-    weight = 1.0 / ops.cast(ops.maximum(ny * nx, 1), "float32")
-    values = 0.0
-    for ys, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
-        for xs, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
-            corner = ops.take(flat_features, base + ys * row + xs, axis=0)  # (T, C)
-            values = values + corner * (wy * wx * weight)[:, None]
-    pooled = ops.segment_sum(values, segment, num_segments=num_rois * bins)
-    return ops.reshape(pooled, (-1, output_size, output_size, ops.shape(flat_features)[-1]))
+    total = ops.shape(segments)[0]
+    weights = 1.0 / ops.cast(ops.maximum(n_y * n_x, 1), "float32")
+
+    def chunk_sum(first):
+        """Interpolate samples `first .. first + SAMPLE_CHUNK` and sum them into their bins."""
+        position = first + ops.arange(SAMPLE_CHUNK, dtype="int32")
+        present = position < total
+        position = ops.minimum(position, ops.maximum(total - 1, 0))
+        segment = ops.take(segments, position)
+        local = position - ops.take(starts, segment)
+        roi = segment // bins
+        by = ops.cast((segment % bins) // output_size, "float32")
+        bx = ops.cast(segment % output_size, "float32")
+        ny, nx = ops.take(n_y, roi), ops.take(n_x, roi)
+        iy = ops.cast(local // ops.maximum(nx, 1), "float32")
+        ix = ops.cast(local % ops.maximum(nx, 1), "float32")
+        bin_h = ops.take(roi_h, roi) / output_size
+        bin_w = ops.take(roi_w, roi) / output_size
+        y = ops.take(rois[:, 1], roi) + by * bin_h + (iy + 0.5) * bin_h / ops.cast(ny, "float32")
+        x = ops.take(rois[:, 0], roi) + bx * bin_w + (ix + 0.5) * bin_w / ops.cast(nx, "float32")
+        y_lo, y_hi, wy_lo, wy_hi = _axis_weights(y, ops.take(hf, roi))
+        x_lo, x_hi, wx_lo, wx_hi = _axis_weights(x, ops.take(wf, roi))
+        base = ops.take(offsets, roi)
+        row = ops.take(widths, roi)
+        weight = ops.take(weights, roi) * ops.cast(present, "float32")
+        values = 0.0
+        for ys, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
+            for xs, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
+                corner = ops.take(flat_features, base + ys * row + xs, axis=0)  # (chunk, C)
+                values = values + corner * (wy * wx * weight)[:, None]
+        return ops.segment_sum(values, segment, num_segments=num_bins)
+
+    def body(first, pooled):
+        return first + SAMPLE_CHUNK, pooled + chunk_sum(first)
+
+    _, pooled = ops.while_loop(lambda first, _: first < total, body,
+                               (ops.convert_to_tensor(0, "int32"),
+                                ops.zeros((num_bins, channels), "float32")))
+    return ops.reshape(pooled, (-1, output_size, output_size, channels))
 
 
 def roi_align_flat(flat_features, offsets, heights, widths, scales, rois,
