@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -84,17 +82,20 @@ def save_experiment(config: configs.ExperimentConfig, directory, name: str | Non
     directory.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT_VERSION, "name": name, "config": config_to_dict(config)}
     target = directory / EXPERIMENT_FILE
-    handle, temporary = tempfile.mkstemp(prefix=f".{EXPERIMENT_FILE}-", dir=directory)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=1)
-            stream.write("\n")
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_json(target, payload)
     return target
+
+
+def write_json(path, payload) -> Path:
+    """Write `payload` as JSON to `path` through a temporary file in the same folder and a
+    rename, so a reader never sees half a file (and a failed write leaves none)."""
+    from keras_res2net.cli_errors import atomic_file
+
+    path = Path(path)
+    with atomic_file(str(path)) as temporary, open(temporary, "w") as stream:
+        json.dump(payload, stream, indent=1)
+        stream.write("\n")
+    return path
 
 
 def load_experiment(path) -> configs.ExperimentConfig:

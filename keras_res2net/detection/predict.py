@@ -42,7 +42,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -144,23 +143,6 @@ def check_images(paths) -> None:
         raise PredictError("\n".join(problems), code=1)
 
 
-def write_json_atomic(path, payload) -> Path:
-    """Write `payload` as JSON to `path` through a temporary file in the same folder and a
-    rename, so a reader never sees half a file (and a failed run leaves none)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 @dataclasses.dataclass
 class PredictRun:
     """What `predict` did: the config it rebuilt, the COCO records (all detections) and the
@@ -240,7 +222,7 @@ def predict(paths, checkpoint, *, experiment: str | None = None, out_dir=None,
         print(line, flush=True)
     written = None
     if results is not None:
-        written = write_json_atomic(results, records)
+        written = experiment_io.write_json(results, records)
         print(f"{len(records)} detections of {len(paths)} images -> {written} (COCO results)",
               flush=True)
     return PredictRun(config, records, pngs, written)
