@@ -8,8 +8,8 @@ model's own detections on the same images: equal detection counts, the classes o
 detections (agreement), the largest box coordinate difference, bounded as float32 artifacts
 are (`verify.FLOAT_TOLERANCE` of the box scale), and the largest score and mask probability
 differences (`verify.FLOAT_TOLERANCE`). Check images on which the model detects nothing prove
-nothing: a check with no detection on any image fails and says so. Only a passing artifact is moved to
-the output path; one report line, then the summary table, as for the classifiers.
+nothing: a check with no detection on any image fails and says so. Only a passing artifact is
+moved to the output path; one report line, then the summary table, as for the classifiers.
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult
                              and found.mask_diff <= verify.FLOAT_TOLERANCE
                              and found.agreement == 1.0)
             if not result.passed:
-                result.error = (f"check failed: {found.problem or 'outside the bound ' + result.bound}")
+                result.error = ("check failed: "
+                                + (found.problem or f"outside the bound {result.bound}"))
                 raise verify.ExportError(result.error)
             if args.latency_runs:
                 result.latency_ms = verify.median_latency_ms(run, images[:1],
