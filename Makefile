@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-fast test-tf test-jax lint run variants fixtures fixtures-timm \
-	fixtures-mmdet benchmark benchmark-train benchmark-export clean
+.PHONY: install test test-fast test-tf test-jax test-torch lint run variants fixtures \
+	fixtures-timm fixtures-mmdet benchmark benchmark-train benchmark-export clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,23 @@ test-jax: install
 # format, the multi-worker and kill/resume subprocess runs, the keras-hub fit), on TensorFlow.
 test-fast: install
 	KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" tests
+
+# The tests that need torch (the `.pth` readers; they importorskip it, so `make test` skips
+# them): a separate venv with the package, its test extra and the torch extra (PyPI's torch
+# wheel, large), then every test file that imports torch. Fails if torch does not import,
+# rather than skipping silently.
+TORCH_VENV ?= .venv-torch
+TORCH_TESTS = $(shell grep -rl 'importorskip("torch")' tests)
+
+$(TORCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip
+	$(TORCH_VENV)/bin/python -m pip install $(PIP_FLAGS) -e ".[test,torch]"
+	touch $@
+
+test-torch: $(TORCH_VENV)/.installed
+	$(TORCH_VENV)/bin/python -c "import torch; print('torch', torch.__version__)"
+	KERAS_BACKEND=tensorflow $(TORCH_VENV)/bin/python -m pytest -rs $(TORCH_TESTS)
 
 # The main job on the embedded digits (no download): train a small Res2Net (a few minutes on
 # 2 cores, prints validation top-1, writes runs/digits/model.keras), then export it to TFLite
@@ -82,4 +99,4 @@ benchmark-train: install
 	$(PY) benchmarks/train_throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TORCH_VENV) .pytest_cache .ruff_cache

@@ -7,6 +7,7 @@ the tens of megabytes of weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import zlib
@@ -14,6 +15,7 @@ import zlib
 import numpy as np
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "reference"
+PROVENANCE = FIXTURES / "provenance.json"
 RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -42,6 +44,17 @@ def seeded_parameters(shapes: dict[str, tuple], seed: int = 0) -> dict[str, np.n
             value = rng.normal(0.0, np.sqrt(gain / fan_in), shape)
         params[key] = value.astype(np.float32)
     return params
+
+
+def digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over sorted names, dtypes, shapes and bytes: what a fixture's seeded weights
+    (or images) were, recorded in `fixtures/reference/provenance.json`."""
+    sha = hashlib.sha256()
+    for key in sorted(arrays):
+        value = np.ascontiguousarray(arrays[key])
+        sha.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
+        sha.update(value.tobytes())
+    return sha.hexdigest()
 
 
 def seeded_images(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -75,6 +88,20 @@ class ReferenceFixture:
         prefix = f"out:{height}x{width}"
         return {key[len(prefix):].lstrip(":"): value for key, value in self.arrays.items()
                 if key.startswith(prefix)}
+
+
+def fixture_digests(name: str) -> dict[str, str]:
+    """The digests of what both sides generate for fixture `name` from seeded NumPy: its
+    trainable weights and every image batch the reference ran (calibration and outputs)."""
+    meta = ReferenceFixture(name).meta
+    images = {f"calibration{b}": seeded_images(8, 224, 224, seed=1000 + b)
+              for b in range(CALIBRATION_BATCHES)}
+    images.update({f"{h}x{w}": seeded_images(2, h, w) for h, w in meta["sizes"]})
+    return {"weights": digest(seeded_parameters(meta["key_shapes"], meta["seed"])),
+            "images": digest(images)}
+
+
+CALIBRATION_BATCHES = 4  # tools/make_reference_fixtures.py: BatchNorm statistics batches
 
 
 def load_manifests() -> dict:

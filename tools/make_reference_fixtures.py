@@ -13,6 +13,8 @@ What it writes:
   (`reference_fp32_error`): for full-size DLA-60 that noise floor is above 1e-4. Trainable
   weights are not stored: both sides regenerate them from `tests/reference_data.py` (seeded NumPy).
 - `manifests.json`: key names, shapes and parameter counts of every full-size variant.
+- `provenance.json`: the NumPy version and the sha256 of each fixture's seeded weights and
+  images (NumPy's `default_rng` streams may change between versions).
 """
 
 from __future__ import annotations
@@ -29,14 +31,20 @@ from timm.models.resnet import ResNet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from reference_data import projection, seeded_images, seeded_parameters  # noqa: E402
+from reference_data import (  # noqa: E402
+    CALIBRATION_BATCHES,
+    PROVENANCE,
+    fixture_digests,
+    projection,
+    seeded_images,
+    seeded_parameters,
+)
 
 OUT = ROOT / "tests" / "fixtures" / "reference"
 REDUCED = [2, 1, 1, 1]  # layer1 has a normal block; every stage has its stage block
 DLA_REDUCED = [1, 1, 1, 2, 1, 1]  # keeps one two-level tree (level3) with its level root
 ODD_SIZE = (193, 257)
 DLA_ODD_SIZE = (160, 288)  # DLA needs multiples of 32 (its branches disagree otherwise)
-CALIBRATION_BATCHES = 4
 
 # Full-size variants not registered in timm are built with timm's ResNet + Bottle2neck,
 # exactly as timm builds res2net50d / res2net101d (official res2net_v1b.py keys and layers).
@@ -172,7 +180,7 @@ def make_numbers_fixture(name: str, variant: str, timm_name: str, layers, kind: 
             arrays[f"stat:{key}"] = value.numpy()
     meta = dict(variant=variant, layers=layers, kind=kind, timm_name=timm_name,
                 sizes=sizes, reference_fp32_error=fp32_error, torch=torch.__version__,
-                timm=timm.__version__, seed=0, key_shapes=shapes_of(model))
+                timm=timm.__version__, numpy=np.__version__, seed=0, key_shapes=shapes_of(model))
     if kind == "mmdet":
         meta["key_map"] = {key: to_mmdet_key(key) for key in meta["key_shapes"]
                            if not key.startswith("fc.")}
@@ -200,6 +208,18 @@ def main() -> None:
     make_manifests()
     for name, config in NUMBER_CONFIGS.items():
         make_numbers_fixture(name, *config)
+    write_provenance()
+
+
+def write_provenance() -> None:
+    """NumPy does not promise `default_rng` streams across versions: record which NumPy drew
+    the seeded weights and images and their sha256, so that tests/models/
+    test_reference_provenance.py fails loudly, not as a parity mismatch, if they change."""
+    import datetime
+
+    PROVENANCE.write_text(json.dumps({
+        "recorded_with": {"numpy": np.__version__, "date": datetime.date.today().isoformat()},
+        "fixtures": {name: fixture_digests(name) for name in NUMBER_CONFIGS}}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,14 +5,17 @@ The trained detector (`detector.weights.h5` and the config of the run folder's
 `detection.export.export_saved_model` to a staging path (`verify.staged_path`), reloaded with
 `tf.saved_model.load`, run on a few generated shapes images and compared with the Keras
 model's own detections on the same images: equal detection counts, the classes of the
-detections (agreement) and the largest box coordinate difference, bounded as float32
-artifacts are (`verify.FLOAT_TOLERANCE` of the box scale). Only a passing artifact is moved to
-the output path; one report line, then the summary table, as for the classifiers.
+detections (agreement), the largest box coordinate difference, bounded as float32 artifacts
+are (`verify.FLOAT_TOLERANCE` of the box scale), and the largest score and mask probability
+differences (`verify.FLOAT_TOLERANCE`). Check images on which the model detects nothing prove
+nothing: a check with no detection on any image fails and says so. Only a passing artifact is
+moved to the output path; one report line, then the summary table, as for the classifiers.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 
@@ -31,25 +34,60 @@ def check_images(size: int, count: int = CHECK_IMAGES, seed: int = 0) -> np.ndar
     return np.stack([make_image(rng, size, 4)[0] for _ in range(count)])
 
 
-def compare_detections(reference: dict, served: dict) -> tuple[float, float, str]:
-    """(boxes max|diff|, class agreement, problem or "") over the valid detections."""
+@dataclasses.dataclass
+class DetectionComparison:
+    """What the check measured over the valid detections of every check image."""
+
+    box_diff: float = float("inf")  # max |diff| of box coordinates (pixels)
+    score_diff: float = float("inf")  # max |diff| of scores
+    mask_diff: float = 0.0  # max |diff| of mask probabilities (0 without masks)
+    agreement: float = 0.0  # fraction of detections whose class is equal
+    detections: int = 0  # valid detections compared, over all images
+    problem: str = ""
+
+
+def compare_detections(reference: dict, served: dict) -> DetectionComparison:
+    """Compare the served detections with the model's: counts, classes, boxes, scores, masks.
+
+    A comparison with no detection on any image compared nothing, so it is a problem, not a
+    100% agreement: an artifact that returned nothing at all would pass it."""
     ref_count = np.asarray(reference["num_detections"]).astype(int)
     out_count = np.asarray(served["num_detections"]).astype(int)
+    result = DetectionComparison()
     if not np.array_equal(ref_count, out_count):
-        return float("inf"), 0.0, (f"detection counts differ: {out_count.tolist()} vs the "
-                                   f"model's {ref_count.tolist()}")
-    diffs, agree, total = [0.0], 0, 0
+        result.problem = (f"detection counts differ: {out_count.tolist()} vs the model's "
+                          f"{ref_count.tolist()}")
+        return result
+    if set(served) != set(reference):
+        result.problem = (f"outputs differ: {sorted(served)} vs the model's "
+                          f"{sorted(reference)}")
+        return result
+    diffs = {"boxes": [0.0], "scores": [0.0], "masks": [0.0]}
+    agree = 0
     for i, count in enumerate(ref_count):
-        ref_boxes = np.asarray(reference["boxes"])[i, :count]
-        out_boxes = np.asarray(served["boxes"])[i, :count]
-        if not np.all(np.isfinite(out_boxes)):
-            return float("inf"), 0.0, "non-finite boxes"
-        if count:
-            diffs.append(float(np.max(np.abs(out_boxes - ref_boxes))))
+        for key, values in diffs.items():
+            if key not in reference:
+                continue
+            ref = np.asarray(reference[key], np.float32)[i, :count]
+            out = np.asarray(served[key], np.float32)[i, :count]
+            if not np.all(np.isfinite(out)):
+                result.problem = f"non-finite {key}"
+                return result
+            if count:
+                values.append(float(np.max(np.abs(out - ref))))
         agree += int(np.sum(np.asarray(served["classes"])[i, :count]
                             == np.asarray(reference["classes"])[i, :count]))
-        total += int(count)
-    return max(diffs), (agree / total if total else 1.0), ""
+    result.detections = int(ref_count.sum())
+    result.box_diff, result.score_diff, result.mask_diff = (
+        max(diffs["boxes"]), max(diffs["scores"]), max(diffs["masks"]))
+    if not result.detections:
+        result.agreement = 0.0
+        result.problem = (f"no detections on any of the {len(ref_count)} check images: "
+                          "nothing was compared, so the artifact is not shown to detect "
+                          "what the model detects")
+        return result
+    result.agreement = agree / result.detections
+    return result
 
 
 def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult]:
@@ -89,15 +127,24 @@ def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult
 
             served = run(images)
             result.samples = len(images)
-            result.max_abs_diff, result.agreement, problem = compare_detections(reference,
-                                                                               served)
+            found = compare_detections(reference, served)
+            result.max_abs_diff, result.agreement = found.box_diff, found.agreement
             tolerance = verify.FLOAT_TOLERANCE * max(1.0, float(np.max(np.abs(
                 reference["boxes"]))))
-            result.bound = f"boxes |diff| <= {tolerance:.1e}, classes equal"
-            result.passed = (not problem and result.max_abs_diff <= tolerance
-                             and result.agreement == 1.0)
+            result.bound = (f"boxes |diff| <= {tolerance:.1e}, scores"
+                            f"{' and masks' if 'masks' in reference else ''} |diff| <= "
+                            f"{verify.FLOAT_TOLERANCE:.0e}, classes equal")
+            result.notes.append(
+                f"{found.detections} detections compared: scores max|diff| "
+                f"{found.score_diff:.2e}" + (f", masks max|diff| {found.mask_diff:.2e}"
+                                             if "masks" in reference else ""))
+            result.passed = (not found.problem and found.box_diff <= tolerance
+                             and found.score_diff <= verify.FLOAT_TOLERANCE
+                             and found.mask_diff <= verify.FLOAT_TOLERANCE
+                             and found.agreement == 1.0)
             if not result.passed:
-                result.error = f"check failed: {problem or 'outside the bound ' + result.bound}"
+                result.error = ("check failed: "
+                                + (found.problem or f"outside the bound {result.bound}"))
                 raise verify.ExportError(result.error)
             if args.latency_runs:
                 result.latency_ms = verify.median_latency_ms(run, images[:1],
@@ -107,6 +154,8 @@ def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult
         result.error = result.error or f"export failed: {type(err).__name__}: {err}"
         result.error += " (nothing written)"
     print(result.line())
+    for note in result.notes:
+        print(f"         {note}")
     print()
     print(verify.summary_table([result]))
     return [result]

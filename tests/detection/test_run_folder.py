@@ -144,3 +144,78 @@ def test_export_reads_the_folder_experiment(tmp_path, small_run, capsys):
                      "savedmodel", "--output", str(tmp_path / "out2")])
     assert code == 2 and "pass --experiment NAME" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+
+
+def test_backbone_weights_are_loaded_before_training(tmp_path):
+    """`--backbone_weights` (DetectionTrainer(backbone_weights=...)): the detector's backbone
+    holds the file's weights once built; without it, the (seeded) random initialisation."""
+    import keras
+    import numpy as np
+
+    from keras_res2net.detection.data.sources import coco_json_source
+    from keras_res2net.models import create_model
+
+    config = configs.get_experiment(EXPERIMENT)
+    backbone = config.model.backbone
+    keras.utils.set_random_seed(123)  # not the trainer's seed: other values than its init
+    pretrained = create_model(backbone.name, include_top=False, layers=backbone.layers,
+                              base_width=backbone.base_width, scale=backbone.scale,
+                              stage_pool=backbone.stage_pool)
+    path = tmp_path / "backbone.weights.h5"
+    pretrained.save_weights(path)
+    expected = pretrained.get_weights()
+    write_split(tmp_path / "data", "train", 2, seed=1, size=64)
+    source = coco_json_source(config, tmp_path / "data")
+
+    def backbone_weights(**kwargs):
+        built = trainer.DetectionTrainer(config, source, tmp_path / f"run{len(kwargs)}",
+                                         **kwargs)
+        return built.model.backbone.get_weights()
+
+    loaded = backbone_weights(backbone_weights=str(path))
+    assert len(loaded) == len(expected)
+    for got, want in zip(loaded, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    fresh = backbone_weights()
+    assert not all(np.array_equal(got, want) for got, want in zip(fresh, expected, strict=True))
+
+
+@pytest.mark.slow
+def test_detection_run_killed_after_a_checkpoint_resumes_from_it(tmp_path):
+    """SIGKILL once the first checkpoint is complete (CheckpointManager writes its
+    `checkpoint` index after the files), then the same command resumes from the latest
+    checkpoint and ends at the requested step."""
+    import signal
+    import time
+
+    import tensorflow as tf
+
+    write_dataset(tmp_path / "data", train=4, val=1, seed=2, size=64)
+    model_dir = tmp_path / "run"
+    steps = 8
+    args = [sys.executable, os.path.join(ROOT, "train", "coco.py"), "--experiment", EXPERIMENT,
+            "--data_dir", str(tmp_path / "data"), "--model_dir", str(model_dir), "--steps",
+            str(steps), "--batch_size", "2", "--max_size", "64", "--checkpoint_every", "1"]
+    env = script_env(PYTHONPATH=os.pathsep.join(filter(None, [ROOT,
+                                                              os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    index = model_dir / trainer.CHECKPOINTS / "checkpoint"
+    try:
+        deadline = time.monotonic() + 240
+        while not index.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (model_dir / trainer.WEIGHTS).exists()
+    latest = tf.train.latest_checkpoint(str(model_dir / trainer.CHECKPOINTS))
+    killed_at = int(latest.rsplit("-", 1)[1])
+    assert 1 <= killed_at < steps, latest
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Resumed from {latest} at step {killed_at}/{steps}." in done.stdout, done.stdout
+    final = next(line for line in done.stdout.splitlines() if line.startswith("Final:"))
+    assert f"trained {steps - killed_at} steps" in final and f"step {steps}/{steps}" in final
+    assert (model_dir / trainer.WEIGHTS).exists()

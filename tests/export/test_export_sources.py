@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import keras
 import numpy as np
 from PIL import Image
@@ -13,18 +11,27 @@ from keras_res2net.export import calibration, cli
 
 
 def test_variant_name_with_weights(tmp_path, capsys):
+    """The artifact computes the saved weights' model, not a fresh random one (which the
+    CLI's own check would also pass, against itself, if `--weights` were ignored)."""
+    knobs = dict(layers=(1, 1, 1, 1), base_width=8, input_shape=(32, 32, 3), classes=10)
     keras.utils.set_random_seed(1)
-    model = keras_res2net.create_model("res2net50_26w_4s", layers=(1, 1, 1, 1), base_width=8,
-                                       input_shape=(32, 32, 3), classes=10)
+    model = keras_res2net.create_model("res2net50_26w_4s", **knobs)
     weights = tmp_path / "tiny.weights.h5"
     model.save_weights(weights)
     code = cli.main(["--model", "res2net50_26w_4s", "--weights", str(weights), "--layers",
                      "1,1,1,1", "--base-width", "8", "--input-size", "32", "--classes", "10",
-                     "--format", "onnx", "--output", str(tmp_path / "out"),
+                     "--format", "keras", "--output", str(tmp_path / "out"),
                      "--latency-runs", "0"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert os.path.exists(tmp_path / "out" / "res2net50_26w_4s.onnx")
+    artifact = keras.saving.load_model(tmp_path / "out" / "res2net50_26w_4s.keras")
+    images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+    (exported,) = artifact(images).values()  # {"probabilities": ...}
+    exported = np.asarray(exported)
+    np.testing.assert_allclose(exported, np.asarray(model(images)), atol=1e-5)
+    keras.utils.set_random_seed(2)
+    fresh = keras_res2net.create_model("res2net50_26w_4s", **knobs)
+    assert np.max(np.abs(exported - np.asarray(fresh(images)))) > 1e-3
 
 
 def test_image_folder_samples(tmp_path):
