@@ -437,6 +437,14 @@ def run(config: TrainConfig) -> EvalResult:
     Everything that can be checked (data, model, the folder's earlier run) is checked before
     `model_dir` is created, and temporaries of killed runs are removed (and reported)."""
     check_model_dir(config)
+    policy = keras.config.dtype_policy()
+    try:
+        return _run(config)
+    finally:  # --mixed_precision sets the global policy; leave the caller's as it was
+        keras.config.set_dtype_policy(policy)
+
+
+def _run(config: TrainConfig) -> EvalResult:
     trainer = Trainer(config)  # opens (and scans) the data, builds the model: writes nothing
     if is_chief(trainer.strategy):
         os.makedirs(config.model_dir, exist_ok=True)
