@@ -191,20 +191,16 @@ def _tiny_with(weights, **knobs):
     return create_model("res2net50_26w_4s", weights=weights, **args)
 
 
-def test_weights_of_other_class_count_named_briefly(tiny_weights):
+@pytest.mark.parametrize("knobs, expected, limit", [
+    ({"classes": 5}, ("3-class classifier", "5 classes"), 400),
+    ({"base_width": 8}, ("does not fit", "layer"), 600),
+], ids=["other_class_count", "other_variant"])
+def test_weights_of_another_model_named_briefly(tiny_weights, knobs, expected, limit):
     with pytest.raises(ValueError) as error:
-        _tiny_with(tiny_weights, classes=5)
+        _tiny_with(tiny_weights, **knobs)
     message = str(error.value)
-    assert tiny_weights in message and "3-class classifier" in message and "5 classes" in message
-    assert len(message) < 400
-
-
-def test_weights_of_other_variant_named_briefly(tiny_weights):
-    with pytest.raises(ValueError) as error:
-        _tiny_with(tiny_weights, base_width=8)
-    message = str(error.value)
-    assert tiny_weights in message and "does not fit" in message and "layer" in message
-    assert len(message) < 600
+    assert tiny_weights in message and all(text in message for text in expected), message
+    assert len(message) < limit
 
 
 def test_empty_weights_file_named(tmp_path):

@@ -303,8 +303,6 @@ def test_final_detections_end_to_end(case):
 def test_our_resize_matches_mmcv_within_one_level():
     """The pipeline's bilinear resize (TF, rounded) against mmcv's (OpenCV, fixed point):
     sizes equal, pixel values within one level."""
-    import tensorflow as tf
-
     from keras_res2net.detection.data.pipeline import resize_and_pad
 
     fixture = load_fixture(NAMES[0], FIXTURE_DIR)
