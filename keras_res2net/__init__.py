@@ -33,12 +33,19 @@ from keras_res2net.models import (  # noqa: E402
     create_model,
     pyramid_model,
 )
-from keras_res2net.variants import VARIANTS, get_variant, list_models  # noqa: E402
+from keras_res2net.variants import (  # noqa: E402
+    VARIANTS,
+    PretrainedConfig,
+    get_variant,
+    list_models,
+    pretrained_config,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VARIANTS",
+    "PretrainedConfig",
     "Res2Net50",
     "Res2Net50V1b",
     "Res2Net101",
@@ -55,5 +62,6 @@ __all__ = [
     "create_model",
     "get_variant",
     "list_models",
+    "pretrained_config",
     "pyramid_model",
 ]

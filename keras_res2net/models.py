@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import keras
+import numpy as np
 from keras import layers
 
 from keras_res2net import variants
@@ -154,19 +156,24 @@ def resolve_spec(name: str, **overrides) -> variants.VariantSpec:
 def create_model(model_name: str, *, features_only: bool = False, base_width: int | None = None,
                  scale: int | None = None, cardinality: int | None = None,
                  layers: tuple | None = None, v1b: bool | None = None,
-                 **kwargs) -> keras.Model:
+                 out_indices: Sequence[int] | None = None, **kwargs) -> keras.Model:
     """Build any variant by official or timm name (`list_models()` lists them).
 
-    `features_only=True` returns the multi-scale feature model (see `pyramid_model`).
+    `features_only=True` returns the multi-scale feature model (see `pyramid_model`);
+    `out_indices` picks its feature levels as timm does (see `feature_levels`).
     Other keyword arguments are those of `keras.applications` constructors.
     """
     spec = resolve_spec(model_name, base_width=base_width, scale=scale,
                         cardinality=cardinality, layers=layers, v1b=v1b)
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices selects feature levels: it needs features_only=True.")
+    if out_indices is not None:  # refused before the (slow) build
+        select_levels(feature_level_names(spec.family), out_indices, spec.name)
     if features_only:
         kwargs.setdefault("include_top", False)
         if kwargs["include_top"]:
             raise ValueError("features_only=True builds a backbone: include_top must be False.")
-        return pyramid_model(build_res2net(spec, **kwargs))
+        return pyramid_model(build_res2net(spec, **kwargs), out_indices=out_indices)
     return build_res2net(spec, **kwargs)
 
 
@@ -189,14 +196,59 @@ def pyramid_layer_names(model: keras.Model) -> dict[str, str]:
     return found
 
 
-def pyramid_model(model: keras.Model) -> keras.Model:
+def feature_level_names(family: str) -> list[str]:
+    """Feature levels ("P<n>", stride 2**n) in timm's `feature_info` order: ResNet-style P1
+    (the stem's ReLU, timm's `act1`), P2..P5 (layer1..4); DLA P0 (`level0`), P1..P5."""
+    return (["P0", "P1"] if family == "dla" else ["P1"]) + list(PYRAMID_LEVELS)
+
+
+def feature_levels(model: keras.Model) -> dict[str, str]:
+    """Every feature level of a Res2Net model (`feature_level_names`) -> its layer name."""
+    names = {layer.name for layer in model.layers}
+    if "base_layer_0" in names:
+        early = {"P0": "level0_0_relu", "P1": "level1_0_relu"}
+    else:
+        early = {"P1": "relu"}
+    return {**early, **pyramid_layer_names(model)}
+
+
+def select_levels(levels: Sequence[str], out_indices: Sequence[int], name: str) -> list[str]:
+    """The levels timm's `out_indices` name (negative indices count from the end); a
+    ValueError naming the index and the levels there are for anything else."""
+    count = len(levels)
+    chosen = []
+    for index in out_indices:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise ValueError(f"out_indices must be integers; got {tuple(out_indices)!r}.")
+        if not -count <= index < count:
+            strides = ", ".join(f"{i}: stride {2 ** int(key[1:])}" for i, key in enumerate(levels))
+            raise ValueError(f"out_indices {tuple(out_indices)!r}: index {index} is out of range; "
+                             f"{name} has {count} feature levels ({strides}).")
+        level = levels[index]
+        if level in chosen:
+            raise ValueError(f"out_indices {tuple(out_indices)!r} names level {level} twice.")
+        chosen.append(level)
+    if not chosen:
+        raise ValueError("out_indices is empty: name at least one feature level.")
+    return chosen
+
+
+def pyramid_model(model: keras.Model, out_indices: Sequence[int] | None = None) -> keras.Model:
     """A functional model mapping the image to `{"P2": ..., "P5": ...}` (strides 4 to 32).
 
     The keras-hub `pyramid_outputs` contract the detection heads consume; it shares weights
-    with `model` and saves to `.keras` like any functional model.
+    with `model` and saves to `.keras` like any functional model. `out_indices` picks levels
+    by index into `feature_levels(model)` as timm's `features_only` does (ResNet-style:
+    0 = stride 2 stem ... 4 = stride 32; DLA: 0 = stride 1 ... 5 = stride 32; negative
+    indices count from the end), keyed "P<n>".
     """
-    outputs = {level: model.get_layer(layer).output
-               for level, layer in pyramid_layer_names(model).items()}
+    if out_indices is None:
+        layers_by_level = pyramid_layer_names(model)
+    else:
+        levels = feature_levels(model)
+        layers_by_level = {level: levels[level]
+                           for level in select_levels(list(levels), out_indices, model.name)}
+    outputs = {level: model.get_layer(layer).output for level, layer in layers_by_level.items()}
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     return keras.Model(inputs, outputs, name=f"{model.name}_pyramid")
 

@@ -8,6 +8,7 @@ Res2Net-PretrainedModels repository, with timm's names as aliases.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 
 OFFICIAL_BASE = "https://shanghuagao.oss-cn-beijing.aliyuncs.com/res2net/"
 OFFICIAL_REPO = "https://github.com/Res2Net/Res2Net-PretrainedModels"
@@ -99,9 +100,48 @@ ALIASES: dict[str, str] = {alias: spec.name for spec in VARIANTS.values() for al
 DLA60_CHANNELS = (16, 32, 128, 256, 512, 1024)
 
 
-def list_models() -> list[str]:
-    """Every canonical variant name, in table order (aliases resolve via `get_variant`)."""
-    return list(VARIANTS)
+@dataclasses.dataclass(frozen=True)
+class PretrainedConfig:
+    """How a checkpoint expects its images: timm's `pretrained_cfg` fields.
+
+    Evaluation resizes the shorter side to `floor(input_size / crop_pct)` with
+    `interpolation`, centre-crops `input_size`, scales to [0, 1] and normalises with
+    `mean`/`std` per RGB channel (timm's `transforms_imagenet_eval`).
+    """
+
+    input_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+#: timm's `_cfg` in res2net.py and dla.py: every published ImageNet Res2Net checkpoint.
+IMAGENET_PRETRAINED = PretrainedConfig()
+
+#: Per-variant settings where a variant's checkpoints differ from `IMAGENET_PRETRAINED`
+#: (a CIFAR model adds `PretrainedConfig(32, 1.0, ...)` here); the others use the default.
+PRETRAINED_CONFIGS: dict[str, PretrainedConfig] = {}
+
+
+def pretrained_config(name: str) -> PretrainedConfig:
+    """The reference's preprocessing for variant `name` (official name or timm alias)."""
+    return PRETRAINED_CONFIGS.get(get_variant(name).name, IMAGENET_PRETRAINED)
+
+
+def list_models(pattern: str | list[str] | tuple[str, ...] = "") -> list[str]:
+    """Canonical variant names in table order, filtered like timm's `list_models(filter)`.
+
+    `pattern` is an fnmatch wildcard ("res2net50*", "*v1b*") or a list of them; a variant
+    matches if its name or one of its timm aliases does. "" lists every variant.
+    """
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    patterns = [p.strip().lower() for p in patterns if p and p.strip()]
+    if not patterns:
+        return list(VARIANTS)
+    return [name for name, spec in VARIANTS.items()
+            if any(fnmatch.fnmatchcase(candidate, p)
+                   for p in patterns for candidate in (name, *spec.aliases))]
 
 
 def get_variant(name: str) -> VariantSpec:
