@@ -16,15 +16,16 @@ from keras import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-EVAL_RESIZE = 256  # shorter side, bilinear
+EVAL_RESIZE = 256  # shorter side, bilinear (see `variants.pretrained_config` per variant)
 EVAL_CROP = 224
 
 
-def preprocess_input(images):
-    """Normalise RGB images in [0, 255] the way the reference checkpoints were trained."""
+def preprocess_input(images, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Normalise RGB images in [0, 255] the way the reference checkpoints were trained
+    (`mean`/`std` per channel on [0, 1]; `pretrained_config(name)` has each variant's)."""
     images = ops.cast(images, "float32") / 255.0
-    mean = ops.convert_to_tensor(np.array(IMAGENET_MEAN, dtype="float32"))
-    std = ops.convert_to_tensor(np.array(IMAGENET_STD, dtype="float32"))
+    mean = ops.convert_to_tensor(np.array(mean, dtype="float32"))
+    std = ops.convert_to_tensor(np.array(std, dtype="float32"))
     return (images - mean) / std
 
 

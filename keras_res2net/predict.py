@@ -3,10 +3,12 @@
     python -m keras_res2net.predict IMAGE... --model NAME --weights PATH [--top 5]
     python -m keras_res2net.predict IMAGE... --model runs/digits/model.keras
 
-Images are resized so the shorter side is 256 (bilinear), centre-cropped to 224 and
-normalised with `preprocess_input`, as timm evaluates the published checkpoints. A `.keras`
-model (the `model.keras` that training writes) is fed images of its own input size, normalised
-the same way; its eval crop fraction comes from the `train_config.json` beside it, if any.
+Images get the variant's own evaluation transform (`keras_res2net.pretrained_config`, timm's
+`pretrained_cfg`): the shorter side resized to input size / crop fraction (256 for 224 at
+0.875, bilinear), centre-cropped to the input size and normalised with the variant's mean and
+std, as timm evaluates the published checkpoints. A `.keras` model (the `model.keras` that
+training writes) is fed images of its own input size, normalised with `preprocess_input`; its
+eval crop fraction comes from the `train_config.json` beside it, if any.
 16-bit images are scaled to 8 bits (divided by 257), not clipped. Every image is checked
 before the model is built.
 """
@@ -22,7 +24,9 @@ import numpy as np
 
 from keras_res2net import variants
 from keras_res2net.cli_errors import UsageError, report
-from keras_res2net.imagenet import EVAL_CROP, EVAL_RESIZE, decode_predictions, preprocess_input
+from keras_res2net.eval_transform import eval_geometry, resize_size
+from keras_res2net.imagenet import decode_predictions, preprocess_input
+from keras_res2net.variants import IMAGENET_PRETRAINED, PretrainedConfig
 
 PROG = "python -m keras_res2net.predict"
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -70,8 +74,10 @@ def check_images(paths: list[str]) -> None:
         open_image(path).close()
 
 
-def load_eval_image(path: str, resize: int = EVAL_RESIZE, crop: int = EVAL_CROP) -> np.ndarray:
-    """RGB uint8 (crop, crop, 3): shorter side to `resize`, then a centre crop."""
+def load_eval_image(path: str, config: PretrainedConfig = IMAGENET_PRETRAINED) -> np.ndarray:
+    """RGB uint8 (size, size, 3) by `config`'s eval transform: the shorter side resized to
+    `input_size / crop_pct` with its interpolation (PIL, as timm's torchvision on PIL
+    images), then the centre crop (`eval_transform.eval_geometry`)."""
     from PIL import Image
 
     with open_image(path) as opened:
@@ -79,11 +85,12 @@ def load_eval_image(path: str, resize: int = EVAL_RESIZE, crop: int = EVAL_CROP)
             image = to_rgb(opened, path)
         except (OSError, SyntaxError) as err:  # truncated or corrupt data
             raise UsageError(f"{path}: corrupt image data ({err}).") from err
-        scale = resize / min(image.size)
-        size = (max(crop, round(image.width * scale)), max(crop, round(image.height * scale)))
-        image = image.resize(size, Image.BILINEAR)
-        left, top = (size[0] - crop) // 2, (size[1] - crop) // 2
-        return np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+        box = eval_geometry(image.height, image.width, config.input_size, config.crop_pct)
+        resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                    "nearest": Image.NEAREST}[config.interpolation]
+        image = image.resize((box.width, box.height), resample)
+        crop = (box.left, box.top, box.left + box.size, box.top + box.size)
+        return np.asarray(image.crop(crop), dtype=np.uint8)
 
 
 def load_keras_model(path: str):
@@ -104,10 +111,10 @@ def load_keras_model(path: str):
                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]}).") from err
 
 
-def keras_eval_transform(path: str, size: int) -> tuple[int, int]:
-    """(resize, crop) for a trained `.keras` model: its run's eval_crop_fraction if recorded
-    beside it (train_config.json), else the reference's 224/256."""
-    fraction = EVAL_CROP / EVAL_RESIZE
+def keras_eval_transform(path: str, size: int) -> PretrainedConfig:
+    """The eval transform of a trained `.keras` model: its input size, and its run's
+    eval_crop_fraction if recorded beside it (train_config.json), else the reference's 0.875."""
+    fraction = IMAGENET_PRETRAINED.crop_pct
     record = os.path.join(os.path.dirname(os.path.abspath(path)), "train_config.json")
     if os.path.isfile(record):
         try:
@@ -115,7 +122,7 @@ def keras_eval_transform(path: str, size: int) -> tuple[int, int]:
                 fraction = float(json.load(f).get("eval_crop_fraction") or fraction)
         except (OSError, ValueError, TypeError):
             pass
-    return int(np.floor(size / fraction + 0.5)), size
+    return PretrainedConfig(input_size=size, crop_pct=fraction)
 
 
 def predict(paths: list[str], model_name: str, weights: str | None, top: int = 5,
@@ -134,10 +141,7 @@ def predict(paths: list[str], model_name: str, weights: str | None, top: int = 5
         if len(shape) != 4 or shape[-1] != 3 or not shape[1] or shape[1] != shape[2]:
             raise UsageError(f"--model {model_name}: input shape {shape} is not square RGB "
                              "images.")
-        resize, crop = keras_eval_transform(model_name, shape[1])
-        if log:
-            log(f"{model_name}: {crop}x{crop} input; each image resized (shorter side {resize}, "
-                f"bilinear), centre-cropped to {crop}, normalised with preprocess_input.")
+        config = keras_eval_transform(model_name, shape[1])
     else:
         if not weights:
             raise UsageError(f"--model {model_name} needs --weights ('imagenet', a "
@@ -146,16 +150,22 @@ def predict(paths: list[str], model_name: str, weights: str | None, top: int = 5
             variants.get_variant(model_name)  # before the weights are opened
         except ValueError as err:
             raise UsageError(f"--model: {err}") from err
-        resize, crop = EVAL_RESIZE, EVAL_CROP
-        batch = np.stack([load_eval_image(path, resize, crop) for path in paths])  # decoded
+        config = variants.pretrained_config(model_name)
+        batch = np.stack([load_eval_image(path, config) for path in paths])  # decoded
         from keras_res2net.models import create_model  # before the (slow) model is built
 
         model = create_model(model_name, weights=weights)
     if model_name.endswith(".keras"):
-        batch = np.stack([load_eval_image(path, resize, crop) for path in paths])
+        batch = np.stack([load_eval_image(path, config) for path in paths])
+    if log and model_name.endswith(".keras"):
+        log(f"{model_name}: {config.input_size}x{config.input_size} input; each image resized "
+            f"(shorter side {resize_size(config.input_size, config.crop_pct)}, "
+            f"{config.interpolation}), centre-cropped, normalised (mean {config.mean}, "
+            f"std {config.std}).")
     # Direct calls, 32 images at a time: no tf.data pipeline or retracing for a few images.
     probabilities = np.concatenate([
-        np.asarray(model(preprocess_input(batch[i:i + 32]), training=False))
+        np.asarray(model(preprocess_input(batch[i:i + 32], config.mean, config.std),
+                         training=False))
         for i in range(0, len(batch), 32)])
     if probabilities.ndim == 2 and probabilities.shape[1] == 1000:
         return decode_predictions(probabilities, top=top)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from keras_res2net import predict as predict_cli
+from keras_res2net.variants import PretrainedConfig
 
 
 def _tiny(classes=3, size=32):
@@ -30,7 +31,7 @@ def test_predict_16bit_grayscale_is_scaled_not_clipped(tmp_path):
     Image.fromarray(values).save(path)
     with Image.open(path) as image:
         assert image.mode in predict_cli.SIXTEEN_BIT_MODES
-    pixels = predict_cli.load_eval_image(path, resize=64, crop=64)
+    pixels = predict_cli.load_eval_image(path, PretrainedConfig(input_size=64, crop_pct=1.0))
     expected = np.round(values / 257.0).astype(np.uint8)
     np.testing.assert_array_equal(pixels[..., 0], expected)
     assert (pixels == 255).mean() < 0.01  # RGB conversion used to turn 98% white

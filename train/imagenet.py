@@ -63,7 +63,8 @@ flags.DEFINE_float("mixup_alpha", 0.0, "Mixup Beta(alpha, alpha); 0 disables.")
 flags.DEFINE_float("cutmix_alpha", 0.0, "CutMix Beta(alpha, alpha); 0 disables.")
 flags.DEFINE_float("crop_scale_min", None, "Smallest random-resized-crop area (0.08).")
 flags.DEFINE_bool("flip", None, "Random horizontal flips (on; off for digits).")
-flags.DEFINE_float("eval_crop_fraction", None, "Eval centre crop / resize (224/256).")
+flags.DEFINE_float("eval_crop_fraction", None,
+                   "Eval centre crop / resize (default: the model's crop_pct, 224/256).")
 # Execution.
 flags.DEFINE_enum("strategy", "default", config_lib.STRATEGIES, "tf.distribute strategy; "
                   "multi_worker reads TF_CONFIG.")

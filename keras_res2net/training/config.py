@@ -56,7 +56,7 @@ class TrainConfig:
     # Augmentation.
     crop_scale_min: float | None = None  # random-resized-crop area lower bound
     flip: bool | None = None
-    eval_crop_fraction: float | None = None  # 224/256 as in the reference
+    eval_crop_fraction: float | None = None  # None: the variant's crop_pct (0.875 = 224/256)
     # Execution.
     strategy: str = "default"
     tpu: str | None = None
@@ -83,8 +83,8 @@ DIGITS_DEFAULTS = dict(
 IMAGENET_DEFAULTS = dict(
     model="res2net50_26w_4s", layers=None, base_width=None, scale=None, image_size=224,
     epochs=100, batch_size=256, base_lr=0.1, weight_decay=1e-4, warmup_epochs=5.0,
-    crop_scale_min=0.08, flip=True, eval_crop_fraction=224 / 256,
-)
+    crop_scale_min=0.08, flip=True,
+)  # eval_crop_fraction: the model's `pretrained_config(...).crop_pct`, see resolve_config
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
@@ -92,6 +92,14 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     defaults = DIGITS_DEFAULTS if config.is_digits else IMAGENET_DEFAULTS
     changes = {key: value for key, value in defaults.items() if getattr(config, key) is None}
     resolved = dataclasses.replace(config, **changes)
+    if resolved.eval_crop_fraction is None:  # the reference's crop for this variant
+        from keras_res2net import variants
+
+        try:
+            crop_pct = variants.pretrained_config(resolved.model).crop_pct
+        except ValueError as err:
+            raise ValueError(f"--model: {err}") from err
+        resolved = dataclasses.replace(resolved, eval_crop_fraction=crop_pct)
     validate(resolved)
     return resolved
 

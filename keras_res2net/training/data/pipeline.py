@@ -2,8 +2,10 @@
 
 Train: random-resized crop (JPEGs are cropped while decoding with `decode_and_crop_jpeg`),
 optional horizontal flip, `preprocess_input` normalisation, one-hot labels, optional
-mixup/cutmix. Eval: resize the shorter side to `size / eval_crop_fraction` (256 for 224) and
-centre-crop `size`. Both shard by `tf.distribute.InputContext` and batch per replica.
+mixup/cutmix. Eval: the reference's transform (`eval_transform.eval_geometry`): resize the
+shorter side to `floor(size / eval_crop_fraction)` (256 for 224) with the variant's
+interpolation, antialiased like PIL, and centre-crop `size`. Both shard by
+`tf.distribute.InputContext` and batch per replica.
 Eval data is padded with masked records so every replica runs the same number of batches.
 """
 
@@ -13,9 +15,11 @@ import math
 
 import tensorflow as tf
 
+from keras_res2net.eval_transform import center_crop_tf
 from keras_res2net.imagenet import preprocess_input
 from keras_res2net.training.config import TrainConfig
 from keras_res2net.training.data.sources import Source
+from keras_res2net.variants import pretrained_config
 
 AUTOTUNE = tf.data.AUTOTUNE
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)  # torchvision RandomResizedCrop
@@ -56,19 +60,13 @@ def random_resized_crop(image: tf.Tensor, size: int, scale_min: float) -> tf.Ten
     return tf.image.resize(cropped, (size, size), method="bilinear")
 
 
-def center_crop(image: tf.Tensor, size: int, crop_fraction: float) -> tf.Tensor:
-    """Resize the shorter side to `size / crop_fraction` (bilinear), centre-crop `size`."""
+def center_crop(image: tf.Tensor, size: int, crop_fraction: float,
+                interpolation: str = "bilinear") -> tf.Tensor:
+    """timm's eval transform (`eval_transform.center_crop_tf`): shorter side to
+    `floor(size / crop_fraction)`, centre `size` crop; float32, 0..255."""
     if image.dtype == tf.string:
         image = tf.io.decode_image(image, channels=3, expand_animations=False)
-    image = _as_rgb(image)
-    resize = int(math.floor(size / crop_fraction + 0.5))
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = resize / tf.minimum(shape[0], shape[1])
-    new_shape = tf.cast(tf.round(shape * scale), tf.int32)
-    image = tf.image.resize(image, new_shape, method="bilinear")
-    top = (new_shape[0] - size) // 2
-    left = (new_shape[1] - size) // 2
-    return tf.slice(image, [top, left, 0], [size, size, 3])
+    return center_crop_tf(_as_rgb(image), size, crop_fraction, interpolation)
 
 
 def _mix(images, labels, alpha: float, cutmix: bool):
@@ -152,9 +150,10 @@ def eval_dataset(source: Source, config: TrainConfig,
         ds = ds.concatenate(filler.repeat(padded - count))
     ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
     size, fraction = config.image_size, config.eval_crop_fraction
+    interpolation = pretrained_config(config.model).interpolation
 
     def parse(image, label, valid):
-        return preprocess_input(center_crop(image, size, fraction)), label, valid
+        return preprocess_input(center_crop(image, size, fraction, interpolation)), label, valid
 
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE)
     return ds.batch(per_replica).prefetch(AUTOTUNE)
