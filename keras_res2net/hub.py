@@ -6,6 +6,9 @@ builds a variant of our table (`keras_res2net.variants`) the keras-hub way: one 
 model made in `__init__`, a `get_config` that rebuilds it, and a Keras serializable
 registration, so a detector on it saves to `.keras` and loads with `safe_mode=True`.
 
+`Res2NetImageClassifier`, its preprocessor and image converter (`keras_res2net.hub_classifier`,
+imported and registered here) make the keras-hub image classifier and its presets.
+
 keras-hub is an optional dependency (`pip install 'keras-res2net[hub]'`): `import
 keras_res2net` never imports it; this module does, and says which extra is missing when
 it cannot. Import this module before `keras.saving.load_model` of a model that contains a
@@ -34,7 +37,15 @@ try:
 except ImportError as err:  # only without the `hub` extra
     raise ImportError(HUB_MISSING) from err
 
-__all__ = ["Res2NetBackbone", "image_normalization", "pyramid_channels"]
+__all__ = [
+    "Res2NetBackbone",
+    "Res2NetImageClassifier",
+    "Res2NetImageClassifierPreprocessor",
+    "Res2NetImageConverter",
+    "check_preset",
+    "image_normalization",
+    "pyramid_channels",
+]
 
 
 def pyramid_channels(spec: VariantSpec) -> dict[str, int]:
@@ -48,16 +59,18 @@ def pyramid_channels(spec: VariantSpec) -> dict[str, int]:
             for index, planes in enumerate(RESNET_PLANES)}
 
 
-def image_normalization() -> dict[str, list[float]]:
+def image_normalization(mean: Sequence[float] = IMAGENET_MEAN,
+                        std: Sequence[float] = IMAGENET_STD) -> dict[str, list[float]]:
     """`scale` and `offset` for a keras-hub `ImageConverter` equal to `preprocess_input`.
 
     keras-hub converters compute `x * scale + offset` per channel on [0, 255] pixels; the
-    checkpoints expect timm's `(x / 255 - mean) / std`. Use as
+    checkpoints expect timm's `(x / 255 - mean) / std` (a variant's `mean`/`std`:
+    `keras_res2net.pretrained_config(name)`). Use as
     `RetinaNetImageConverter(image_size=(640, 640), **image_normalization())`.
     """
     return {
-        "scale": [1.0 / (255.0 * std) for std in IMAGENET_STD],
-        "offset": [-mean / std for mean, std in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)],
+        "scale": [1.0 / (255.0 * s) for s in std],
+        "offset": [-m / s for m, s in zip(mean, std, strict=True)],
     }
 
 
@@ -162,3 +175,13 @@ class Res2NetBackbone(FeaturePyramidBackbone):
             "fuse_stage_convs": self.fuse_stage_convs,
         })
         return config
+
+
+# The classifier, preprocessor and converter subclass classes above: imported last, so that
+# `import keras_res2net.hub` registers them for `keras_hub.models.ImageClassifier.from_preset`.
+from keras_res2net.hub_classifier import (  # noqa: E402
+    Res2NetImageClassifier,
+    Res2NetImageClassifierPreprocessor,
+    Res2NetImageConverter,
+    check_preset,
+)

@@ -1,47 +1,21 @@
-"""The evaluation transform against an independent PIL/NumPy reference of timm's.
-
-timm evaluates with torchvision: `Resize(floor(input_size / crop_pct))` (shorter side to that,
-longer side `int(short * long / short_side)`, PIL bilinear, which antialiases when it shrinks)
-and `CenterCrop(input_size)` (offsets `int(round((size - crop) / 2))`). `reference_eval` below
-writes that out with PIL; the training pipeline (tf.image) must agree to PIL's uint8 rounding,
-`predict.load_eval_image` (PIL) exactly.
-"""
+"""The evaluation transform against an independent PIL reference of timm's
+(`tests/eval_reference.py`): the training pipeline (tf.image) must agree with it to PIL's
+uint8 rounding, `predict.load_eval_image` (PIL) exactly."""
 
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from eval_reference import reference_eval, smooth_image
 from PIL import Image
 
 from keras_res2net import predict
 from keras_res2net.eval_transform import eval_geometry
 from keras_res2net.training.data.pipeline import center_crop
 from keras_res2net.variants import PretrainedConfig
-
-
-def reference_eval(pixels: np.ndarray, input_size: int, crop_pct: float) -> np.ndarray:
-    """timm's eval transform, written out with PIL (torchvision's rules for PIL images)."""
-    height, width = pixels.shape[:2]
-    short = math.floor(input_size / crop_pct)
-    if width <= height:
-        size = (short, int(short * height / width))
-    else:
-        size = (int(short * width / height), short)
-    resized = Image.fromarray(pixels).resize(size, Image.BILINEAR)  # (width, height)
-    top = int(round((size[1] - input_size) / 2.0))
-    left = int(round((size[0] - input_size) / 2.0))
-    return np.asarray(resized.crop((left, top, left + input_size, top + input_size)))
-
-
-def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
-    """A photo-like image: random colours upsampled (no single-pixel noise)."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (height // 6 + 2, width // 6 + 2, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
 
 
 @pytest.mark.parametrize("height, width, input_size, crop_pct, resized, top_left", [
