@@ -160,8 +160,8 @@ def predict(paths: list[str], model_name: str, weights: str | None, top: int = 5
     if log and model_name.endswith(".keras"):
         log(f"{model_name}: {config.input_size}x{config.input_size} input; each image resized "
             f"(shorter side {resize_size(config.input_size, config.crop_pct)}, "
-            f"{config.interpolation}), centre-cropped, normalised (mean {config.mean}, "
-            f"std {config.std}).")
+            f"{config.interpolation}), centre-cropped to {config.input_size}, normalised "
+            "with preprocess_input.")
     # Direct calls, 32 images at a time: no tf.data pipeline or retracing for a few images.
     probabilities = np.concatenate([
         np.asarray(model(preprocess_input(batch[i:i + 32], config.mean, config.std),
