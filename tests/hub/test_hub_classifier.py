@@ -24,6 +24,7 @@ from keras_res2net.cli_errors import WorkError
 from keras_res2net.hub import (
     Res2NetBackbone,
     Res2NetImageClassifier,
+    Res2NetImageClassifierPreprocessor,
     Res2NetImageConverter,
     check_preset,
 )
@@ -165,3 +166,20 @@ def test_convert_refuses_bad_destinations_and_never_half_writes(converted, tmp_p
     assert "reloaded preset differs" in capsys.readouterr().err
     assert {name: (kept / name).read_bytes() for name in os.listdir(kept)} == before
     assert sorted(os.listdir(tmp_path)) == ["kept", "photos"]
+
+
+def test_classifier_saves_to_keras_and_loads_with_safe_mode(tmp_path):
+    keras.utils.set_random_seed(0)
+    converter = Res2NetImageConverter(image_size=(64, 64), crop_pct=0.875)
+    classifier = Res2NetImageClassifier(
+        Res2NetBackbone(VARIANT, layers=(1, 1, 1, 1), base_width=8), num_classes=3,
+        preprocessor=Res2NetImageClassifierPreprocessor(image_converter=converter))
+    path = str(tmp_path / "classifier.keras")
+    classifier.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert type(loaded) is Res2NetImageClassifier
+    assert loaded.preprocessor.image_converter.get_config() == converter.get_config()
+    inputs = converter(smooth_image(80, 100, seed=2)[None])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(inputs, training=False)),
+                               keras.ops.convert_to_numpy(classifier(inputs, training=False)),
+                               atol=1e-6)
