@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from keras_res2net import cifar
+
 OFFICIAL_BASE = "https://shanghuagao.oss-cn-beijing.aliyuncs.com/res2net/"
 OFFICIAL_REPO = "https://github.com/Res2Net/Res2Net-PretrainedModels"
 
@@ -17,9 +19,10 @@ OFFICIAL_REPO = "https://github.com/Res2Net/Res2Net-PretrainedModels"
 class VariantSpec:
     """Architecture of one published variant plus what the reference says about it.
 
-    `family` is "resnet" (stem + four stages of Bottle2neck blocks) or "dla" (the DLA-60 tree
-    with Res2Net blocks). `deep_stem`/`avg_down` together make the v1b ("d") design.
-    `reference_params` is the reference's parameter count with 1000 classes;
+    `family` is "resnet" (stem + four stages of Bottle2neck blocks), "dla" (the DLA-60 tree
+    with Res2Net blocks) or "cifar" (the paper's 32x32 Res2NeXt-29/ResNeXt-29, `cifar.py`).
+    `deep_stem`/`avg_down` together make the v1b ("d") design.
+    `reference_params` is the reference's parameter count with 1000 classes (100 for CIFAR);
     `reference_top1` its ImageNet top-1 (timm eval at 224) where published.
     """
 
@@ -92,6 +95,13 @@ VARIANTS: dict[str, VariantSpec] = {
                     checkpoint_url=OFFICIAL_BASE + "res2next_dla60_4s-d327927b.pth"),
     ]
 }
+
+# The paper's CIFAR-100 models (Table 4); their own table is `cifar.CIFAR_TABLE`.
+VARIANTS.update({
+    row.name: VariantSpec(row.name, "cifar", cifar.CIFAR_LAYERS, row.base_width, row.scale,
+                          cardinality=row.cardinality, reference_params=row.reference_params)
+    for row in cifar.CIFAR_TABLE
+})
 
 ALIASES: dict[str, str] = {alias: spec.name for spec in VARIANTS.values() for alias in spec.aliases}
 
