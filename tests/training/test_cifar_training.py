@@ -25,9 +25,9 @@ def test_cifar100_trains_a_few_steps_and_exports(tmp_path):
     config = resolve_config(TrainConfig(
         data="cifar100", model="res2next29_6c_24w_4s", layers=(1, 1, 1), base_width=4,
         batch_size=8, epochs=1, steps_per_epoch=3, model_dir=str(tmp_path / "run"),
-        shuffle_buffer=16))
+        shuffle_buffer=16, val_split="test"))  # mocked data has no split metadata to pick it
     with tfds.testing.mock_data(num_examples=16):
-        source = open_source("cifar100")
+        source = open_source("cifar100", val_split="test")
         assert source.num_classes == 100 and source.splits == ("train", "test")
         # Evaluation at 32 px with crop fraction 1 is the stored image, normalised: no resize.
         image, _ = next(iter(source.records("test", None)))
