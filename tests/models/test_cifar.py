@@ -42,7 +42,7 @@ def closed_form_params(cardinality: int, width: int, scale: int, classes: int,
 
 
 @pytest.mark.core
-@pytest.mark.parametrize("cardinality, width, scale", [(2, 4, 4), (3, 8, 1), (2, 6, 6)])
+@pytest.mark.parametrize("cardinality, width, scale", [(2, 4, 6), (3, 8, 1)])
 def test_architecture_matches_the_hand_count(cardinality, width, scale):
     # Small widths build in a second; the same code builds the table's models.
     model = keras_res2net.Res2NeXt29(cardinality=cardinality, base_width=width, scale=scale,
