@@ -97,3 +97,5 @@ def test_names_are_listed_and_v1b_is_refused():
     assert set(PAPER_TABLE_4) <= set(keras_res2net.list_models())
     with pytest.raises(ValueError, match="not to CIFAR variants"):
         keras_res2net.create_model("res2next29_6c_24w_4s", v1b=True)
+    with pytest.raises(ValueError, match="no published weights"):
+        keras_res2net.create_model("resnext29_8c_64w", weights="imagenet")
