@@ -19,10 +19,9 @@ OFFICIAL_REPO = "https://github.com/Res2Net/Res2Net-PretrainedModels"
 class VariantSpec:
     """Architecture of one published variant plus what the reference says about it.
 
-    `family` is "resnet" (stem + four stages of Bottle2neck blocks), "dla" (the DLA-60 tree
-    with Res2Net blocks) or "cifar" (the paper's 32x32 Res2NeXt-29/ResNeXt-29, `cifar.py`).
-    `deep_stem`/`avg_down` together make the v1b ("d") design.
-    `reference_params` is the reference's parameter count with 1000 classes (100 for CIFAR);
+    `family` is "resnet" (stem + four stages of Bottle2neck blocks) or "dla" (the DLA-60 tree
+    with Res2Net blocks). `deep_stem`/`avg_down` together make the v1b ("d") design.
+    `reference_params` is the reference's parameter count with 1000 classes;
     `reference_top1` its ImageNet top-1 (timm eval at 224) where published.
     """
 
@@ -96,7 +95,8 @@ VARIANTS: dict[str, VariantSpec] = {
     ]
 }
 
-# The paper's CIFAR-100 models (Table 4); their own table is `cifar.CIFAR_TABLE`.
+# The paper's CIFAR-100 models (Table 4; family "cifar", 32x32 images, reference_params with
+# 100 classes); their own table is `cifar.CIFAR_TABLE`.
 VARIANTS.update({
     row.name: VariantSpec(row.name, "cifar", cifar.CIFAR_LAYERS, row.base_width, row.scale,
                           cardinality=row.cardinality, reference_params=row.reference_params)
