@@ -40,7 +40,7 @@ def avg_pool_3x3_count_pad(x, stride: int, name: str):
 
 def bottle2neck(x, shortcut, *, width: int, scale: int, cardinality: int, out_channels: int,
                 stride: int, is_stage: bool, stage_pool: bool, name: str,
-                fuse_stage_convs: bool = False):
+                fuse_stage_convs: bool = False, stage_conv_last: bool = False):
     """Res2Net block: 1x1 conv, split into `scale` groups, hierarchical 3x3 convs, 1x1 conv.
 
     `is_stage` marks the first block of a stage: its 3x3 convs see independent splits (so they
@@ -51,10 +51,12 @@ def bottle2neck(x, shortcut, *, width: int, scale: int, cardinality: int, out_ch
     stride 1. `shortcut` is the residual input. Separate convs are the default: on TensorFlow/CPU
     Keras runs grouped convs through a per-call XLA function, measured slower here
     (benchmarks/inference.py); both forms give the same numbers.
+    `stage_conv_last=True` gives the stage block's last split its own 3x3 conv instead of the
+    pool (all `scale` splits convolved): the CIFAR Res2NeXt-29 (see `keras_res2net.cifar`).
     """
     out = conv(x, width * scale, 1, name=f"{name}_conv1")
     out = layers.ReLU(name=f"{name}_relu1")(batch_norm(out, f"{name}_bn1"))
-    num_convs = max(1, scale - 1)
+    num_convs = scale if (is_stage and stage_conv_last and scale > 1) else max(1, scale - 1)
 
     if is_stage and fuse_stage_convs:
         # Independent splits: one grouped conv + one BN equal `num_convs` separate ones.
@@ -74,7 +76,7 @@ def bottle2neck(x, shortcut, *, width: int, scale: int, cardinality: int, out_ch
             sp = conv(sp, width, 3, stride=stride, groups=cardinality, name=f"{name}_convs_{i}")
             sp = layers.ReLU(name=f"{name}_relu_convs_{i}")(batch_norm(sp, f"{name}_bns_{i}"))
             branches.append(sp)
-    if scale > 1:
+    if num_convs < scale:
         last = out[..., num_convs * width:]
         if is_stage and (stage_pool or stride > 1):
             last = avg_pool_3x3_count_pad(last, stride, name=f"{name}_pool")

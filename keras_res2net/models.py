@@ -14,6 +14,7 @@ import numpy as np
 from keras import layers
 
 from keras_res2net import variants
+from keras_res2net.cifar import CIFAR_CLASSES, CIFAR_INPUT_SIZE, cifar_trunk
 from keras_res2net.trunks import dla_trunk, resnet_trunk
 
 PYRAMID_LEVELS = ("P2", "P3", "P4", "P5")
@@ -22,7 +23,8 @@ _POOLINGS = (None, "avg", "max")
 
 def _check_input_shape(input_shape, include_top: bool, family: str) -> tuple:
     if input_shape is None:
-        return (224, 224, 3) if include_top else (None, None, 3)
+        size = CIFAR_INPUT_SIZE if family == "cifar" else 224
+        return (size, size, 3) if include_top else (None, None, 3)
     shape = tuple(input_shape)
     if len(shape) != 3:
         raise ValueError(
@@ -64,7 +66,7 @@ def build_res2net(
     input_tensor=None,
     input_shape=None,
     pooling: str | None = None,
-    classes: int = 1000,
+    classes: int | None = None,
     classifier_activation: str | None = "softmax",
     name: str | None = None,
     stage_pool: bool | None = None,
@@ -83,6 +85,8 @@ def build_res2net(
     """
     from keras_res2net import weights as weights_lib  # avoids an import cycle
 
+    if classes is None:  # the variant's own: ImageNet's 1000, CIFAR-100's 100
+        classes = CIFAR_CLASSES if spec.family == "cifar" else 1000
     _check_head_args(pooling, classifier_activation, classes)
     if spec.scale < 1 or spec.base_width < 1 or spec.cardinality < 1:
         raise ValueError(f"scale, base_width and cardinality must be >= 1; got {spec}.")
@@ -104,13 +108,17 @@ def build_res2net(
         features = dla_trunk(img_input, levels=spec.layers, channels=variants.DLA60_CHANNELS,
                              base_width=spec.base_width, scale=spec.scale,
                              cardinality=spec.cardinality, fuse_stage_convs=fuse_stage_convs)
+    elif spec.family == "cifar":
+        features = cifar_trunk(img_input, layers_per_stage=spec.layers,
+                               base_width=spec.base_width, scale=spec.scale,
+                               cardinality=spec.cardinality, fuse_stage_convs=fuse_stage_convs)
     else:
         features = resnet_trunk(img_input, layers_per_stage=spec.layers,
                                 base_width=spec.base_width, scale=spec.scale,
                                 cardinality=spec.cardinality, deep_stem=spec.deep_stem,
                                 avg_down=spec.avg_down, stage_pool=stage_pool,
                                 fuse_stage_convs=fuse_stage_convs)
-    x = features["P5"]
+    x = list(features.values())[-1]  # the last stage (P5; P3 for the CIFAR trunk)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dense(classes, activation=classifier_activation, name="fc")(x)
@@ -142,9 +150,9 @@ def resolve_spec(name: str, **overrides) -> variants.VariantSpec:
             raise ValueError(f"layers for {spec.name} needs {expected} entries; "
                              f"got {changes['layers']!r}.")
     if v1b is not None:
-        if spec.family == "dla":
+        if spec.family != "resnet":
             raise ValueError("v1b (deep stem, average-pool shortcut) applies to ResNet-style "
-                             "Res2Nets, not to DLA variants.")
+                             f"ImageNet Res2Nets, not to {spec.family.upper()} variants.")
         changes.update(deep_stem=bool(v1b), avg_down=bool(v1b))
     if not changes:
         return spec
@@ -255,7 +263,7 @@ def pyramid_model(model: keras.Model, out_indices: Sequence[int] | None = None) 
 
 def _constructor(variant: str, doc: str, **default_knobs):
     def constructor(include_top: bool = True, weights: str | None = None, input_tensor=None,
-                    input_shape=None, pooling: str | None = None, classes: int = 1000,
+                    input_shape=None, pooling: str | None = None, classes: int | None = None,
                     classifier_activation: str | None = "softmax", name: str | None = None,
                     **res2net_knobs) -> keras.Model:
         knobs = {**default_knobs, **res2net_knobs}
@@ -266,7 +274,8 @@ def _constructor(variant: str, doc: str, **default_knobs):
 
     constructor.__doc__ = (
         f"{doc}\n\nBuilt from `{variant}`. Res2Net knobs: base_width, scale, cardinality, "
-        "layers, v1b. Other arguments as in keras.applications.")
+        "layers, v1b. Other arguments as in keras.applications (classes: 1000; 100 for the "
+        "CIFAR models).")
     return constructor
 
 
@@ -281,3 +290,7 @@ Res2Net200V1b = _constructor("res2net200_v1b_26w_4s", "Res2Net-200-v1b (deep ste
 Res2NeXt50 = _constructor("res2next50", "Res2NeXt-50 (4w x 4s x 8 groups).")
 Res2NetDLA60 = _constructor("dla60_res2net", "DLA-60 with Res2Net blocks (28w x 4s).")
 Res2NeXtDLA60 = _constructor("dla60_res2next", "DLA-60 with Res2NeXt blocks (8 groups, 4s).")
+ResNeXt29 = _constructor("resnext29_8c_64w", "ResNeXt-29 8c x 64w for 32x32 CIFAR images (the "
+                         "paper's CIFAR-100 baseline); cardinality=16 gives 16c x 64w.")
+Res2NeXt29 = _constructor("res2next29_6c_24w_4s", "Res2NeXt-29 for 32x32 CIFAR images, "
+                          "6c x 24w x 4s by default (the paper's Table 4 via the knobs).")

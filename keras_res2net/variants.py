@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 
+from keras_res2net import cifar
+
 OFFICIAL_BASE = "https://shanghuagao.oss-cn-beijing.aliyuncs.com/res2net/"
 OFFICIAL_REPO = "https://github.com/Res2Net/Res2Net-PretrainedModels"
 
@@ -93,6 +95,14 @@ VARIANTS: dict[str, VariantSpec] = {
                     checkpoint_url=OFFICIAL_BASE + "res2next_dla60_4s-d327927b.pth"),
     ]
 }
+
+# The paper's CIFAR-100 models (Table 4; family "cifar", 32x32 images, reference_params with
+# 100 classes); their own table is `cifar.CIFAR_TABLE`.
+VARIANTS.update({
+    row.name: VariantSpec(row.name, "cifar", cifar.CIFAR_LAYERS, row.base_width, row.scale,
+                          cardinality=row.cardinality, reference_params=row.reference_params)
+    for row in cifar.CIFAR_TABLE
+})
 
 ALIASES: dict[str, str] = {alias: spec.name for spec in VARIANTS.values() for alias in spec.aliases}
 

@@ -216,6 +216,10 @@ def open_weights(weights, spec: variants.VariantSpec):
         raise TypeError(f"weights must be None, 'imagenet' or a file path; got {weights!r}.")
     weights = os.fspath(weights)
     if weights == "imagenet":
+        if spec.family == "cifar":
+            raise ValueError(f"weights='imagenet': {spec.name} is a CIFAR-100 model of the "
+                             "paper with no published weights; train it (train/imagenet.py "
+                             "--data cifar100) and pass its model.keras or a .weights.h5.")
         path = cached_weights_path(spec.name)
         if variants.VARIANTS.get(spec.name) != spec:
             raise ValueError("weights='imagenet' needs a published variant as it stands in the "

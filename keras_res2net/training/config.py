@@ -4,7 +4,8 @@
 weight decay 1e-4 off BatchNorm and biases, 100 epochs at 224). `--data digits` is the embedded
 default data: `resolve_config` fills the fields the user left unset (None) from `DIGITS_DEFAULTS`,
 a small Res2Net that trains in a couple of minutes on 2 CPU cores, and the rest from
-`IMAGENET_DEFAULTS`. `validate` rejects bad combinations with messages that quote the value.
+`IMAGENET_DEFAULTS` (`CIFAR_DEFAULTS` for the paper's 32x32 CIFAR models). `validate` rejects
+bad combinations with messages that quote the value.
 """
 
 from __future__ import annotations
@@ -87,9 +88,30 @@ IMAGENET_DEFAULTS = dict(
 )  # eval_crop_fraction: the model's `pretrained_config(...).crop_pct`, see resolve_config
 
 
+# A CIFAR model (`--model res2next29_6c_24w_4s`, ...): the paper's 32x32 recipe (ResNeXt-29's:
+# batch 128 at lr 0.1, weight decay 5e-4, 300 epochs). The random-resized crop (60-100% of the
+# area, then back to 32 px) stands in for pad-4-and-crop; evaluation sees the whole image.
+CIFAR_DEFAULTS = dict(
+    IMAGENET_DEFAULTS, image_size=32, epochs=300, batch_size=128, base_lr=0.2,
+    weight_decay=5e-4, warmup_epochs=1.0, crop_scale_min=0.6, flip=True, eval_crop_fraction=1.0,
+)
+
+
+def _defaults(config: TrainConfig) -> dict:
+    if config.is_digits:
+        return DIGITS_DEFAULTS
+    from keras_res2net import variants
+
+    try:
+        is_cifar = config.model is not None and variants.get_variant(config.model).family == "cifar"
+    except ValueError:  # an unknown name: `validate` reports it
+        is_cifar = False
+    return CIFAR_DEFAULTS if is_cifar else IMAGENET_DEFAULTS
+
+
 def resolve_config(config: TrainConfig) -> TrainConfig:
-    """Fill unset fields from the data's defaults, then validate."""
-    defaults = DIGITS_DEFAULTS if config.is_digits else IMAGENET_DEFAULTS
+    """Fill unset fields from the data's (or the CIFAR model's) defaults, then validate."""
+    defaults = _defaults(config)
     changes = {key: value for key, value in defaults.items() if getattr(config, key) is None}
     resolved = dataclasses.replace(config, **changes)
     if resolved.eval_crop_fraction is None:  # the reference's crop for this variant
@@ -115,12 +137,12 @@ def validate(config: TrainConfig) -> None:
     from keras_res2net import variants
 
     try:
-        variants.get_variant(config.model)
+        stages = len(variants.get_variant(config.model).layers)  # 4; 3 for CIFAR models
     except ValueError as err:
         raise ValueError(f"--model: {err}") from err
-    if config.layers is not None and (len(config.layers) != 4 or min(config.layers) < 1):
-        raise ValueError(f"--layers must be 4 positive integers (blocks per stage), e.g. "
-                         f"1,1,1,1; got {','.join(map(str, config.layers))}.")
+    if config.layers is not None and (len(config.layers) != stages or min(config.layers) < 1):
+        raise ValueError(f"--layers must be {stages} positive integers (blocks per stage), e.g. "
+                         f"{','.join(['1'] * stages)}; got {','.join(map(str, config.layers))}.")
     for name in ("base_width", "scale"):
         value = getattr(config, name)
         if value is not None and value < 1:

@@ -15,7 +15,7 @@ SMALL = dict(layers=(1, 1, 1, 1), base_width=8)  # fast: same code paths, fewer 
 
 def test_list_models_names_every_official_and_timm_variant():
     names = keras_res2net.list_models()
-    assert len(names) == 13
+    assert len(names) == 18  # 13 ImageNet variants and the paper's 5 CIFAR-100 models
     assert {"res2net50_26w_4s", "res2net101_v1b_26w_4s", "dla60_res2next"} <= set(names)
     assert keras_res2net.get_variant("res2net50d").name == "res2net50_v1b_26w_4s"
     assert keras_res2net.get_variant("RES2NET101D").name == "res2net101_v1b_26w_4s"
