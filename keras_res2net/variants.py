@@ -129,9 +129,13 @@ class PretrainedConfig:
 #: timm's `_cfg` in res2net.py and dla.py: every published ImageNet Res2Net checkpoint.
 IMAGENET_PRETRAINED = PretrainedConfig()
 
-#: Per-variant settings where a variant's checkpoints differ from `IMAGENET_PRETRAINED`
-#: (a CIFAR model adds `PretrainedConfig(32, 1.0, ...)` here); the others use the default.
-PRETRAINED_CONFIGS: dict[str, PretrainedConfig] = {}
+#: Per-variant settings where a variant's checkpoints differ from `IMAGENET_PRETRAINED`; the
+#: others use the default. The CIFAR models (no published weights) take the whole 32x32 image,
+#: normalised as this project's training recipe normalises every model (ImageNet mean/std), so
+#: `predict` and the CAM tool see what `train/imagenet.py` trained on.
+PRETRAINED_CONFIGS: dict[str, PretrainedConfig] = {
+    row.name: PretrainedConfig(input_size=32, crop_pct=1.0) for row in cifar.CIFAR_TABLE
+}
 
 
 def pretrained_config(name: str) -> PretrainedConfig:

@@ -26,6 +26,11 @@ def test_every_variant_carries_timms_pretrained_settings(name):
     assert {key: getattr(config, key) for key in TIMM_CFG} == TIMM_CFG
 
 
+def test_cifar_models_take_the_whole_32px_image():
+    config = keras_res2net.pretrained_config("res2next29_6c_24w_4s")
+    assert (config.input_size, config.crop_pct) == (32, 1.0)
+
+
 def test_pretrained_config_of_an_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="Unknown Res2Net variant 'res2net42'"):
         keras_res2net.pretrained_config("res2net42")
@@ -46,7 +51,8 @@ def test_training_eval_crop_defaults_to_the_variants_crop_pct():
     ("*v1b*", ["res2net50_v1b_26w_4s", "res2net101_v1b_26w_4s", "res2net152_v1b_26w_4s",
                "res2net200_v1b_26w_4s"]),
     ("res2net10?d", ["res2net101_v1b_26w_4s"]),  # timm's alias matches, the name is returned
-    (["dla*", "RES2NEXT*"], ["res2next50", "dla60_res2net", "dla60_res2next"]),
+    (["dla*", "RES2NEXT5*"], ["res2next50", "dla60_res2net", "dla60_res2next"]),
+    ("res2next29*", ["res2next29_6c_24w_4s", "res2next29_8c_25w_4s", "res2next29_6c_24w_6s"]),
     ("resnet*", []),
 ])
 def test_list_models_takes_timm_style_wildcards(pattern, expected):
