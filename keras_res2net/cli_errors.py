@@ -193,8 +193,24 @@ def quiet_tf_startup() -> None:
 
 @contextlib.contextmanager
 def _filtered_stderr() -> Iterator[None]:
-    """File descriptor 2 (where C++ logs go) captured in a temporary file for the block, then
-    written back without `STARTUP_NOISE`, also when the block raises."""
+    """File descriptor 2 (where C++ logs go) captured for the block, then written back without
+    `STARTUP_NOISE`, also when the block raises."""
+    with filtered_stderr(filter_startup_noise):
+        yield
+
+
+def drop_lines(*patterns: str):
+    """A filter for `filtered_stderr` dropping the lines that match any regex of `patterns`."""
+    compiled = [re.compile(pattern) for pattern in patterns]
+    return lambda text: "".join(line for line in text.splitlines(keepends=True)
+                                if not any(regex.search(line) for regex in compiled))
+
+
+@contextlib.contextmanager
+def filtered_stderr(keep) -> Iterator[None]:
+    """File descriptor 2 captured in a temporary file for the block (C++ libraries write there,
+    below Python), then written back through `keep(text) -> text`, also when the block raises.
+    For short blocks that print known noise (TensorFlow start-up, the TFLite calibrator)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as buffer:
@@ -206,5 +222,5 @@ def _filtered_stderr() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             buffer.seek(0)
-            sys.stderr.write(filter_startup_noise(buffer.read().decode("utf-8", "replace")))
+            sys.stderr.write(keep(buffer.read().decode("utf-8", "replace")))
             sys.stderr.flush()

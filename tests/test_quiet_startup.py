@@ -39,3 +39,12 @@ def test_sharding_callback_info_line_dropped(caplog):
     finally:
         logger.removeFilter(drop)
     assert [r.getMessage() for r in caplog.records] == ["a real message"]
+
+
+def test_tflite_noise_dropped(capfd):
+    from keras_res2net.export.tflite import quiet_tflite
+
+    with quiet_tflite():
+        os.write(2, b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32\n"
+                    b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\nreal problem\n")
+    assert capfd.readouterr().err == "real problem\n"
