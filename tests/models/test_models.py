@@ -10,7 +10,8 @@ import keras_res2net
 from keras_res2net.summary import trainable_params
 
 # `core` (also run on JAX): the tests that compute with the backend or save and load through
-# it; argument checks, names and shapes do not depend on the backend and run once, on TF.
+# it, one variant each (JAX compiles every op anew per input shape, so each costs minutes);
+# argument checks, names, shapes and the other variants run once, on TensorFlow.
 SMALL = dict(layers=(1, 1, 1, 1), base_width=8)  # fast: same code paths, fewer channels
 
 
@@ -128,7 +129,6 @@ def test_pyramid_model_strides_channels_and_savable(tmp_path):
                                       np.asarray(loaded(images)[level]))
 
 
-@pytest.mark.core
 def test_dla_pyramid_levels():
     model = keras_res2net.create_model("dla60_res2net", features_only=True)
     features = model(np.zeros((1, 64, 96, 3), np.float32))
@@ -137,8 +137,7 @@ def test_dla_pyramid_levels():
 
 
 @pytest.mark.parametrize("variant", [
-    pytest.param("res2net50_26w_4s", marks=pytest.mark.core), "res2next50",
-    pytest.param("dla60_res2net", marks=pytest.mark.core)])
+    pytest.param("res2net50_26w_4s", marks=pytest.mark.core), "res2next50", "dla60_res2net"])
 def test_keras_file_round_trip_in_safe_mode(variant, tmp_path):
     overrides = {} if variant.startswith("dla") else SMALL
     model = keras_res2net.create_model(variant, input_shape=(64, 64, 3), classes=5, **overrides)
@@ -160,8 +159,8 @@ def test_no_lambda_layers_anywhere():
         assert not [layer for layer in model.layers if isinstance(layer, keras.layers.Lambda)]
 
 
-@pytest.mark.core
-@pytest.mark.parametrize("variant", ["res2net50_26w_4s", "res2next50"])
+@pytest.mark.parametrize("variant", [pytest.param("res2net50_26w_4s", marks=pytest.mark.core),
+                                     "res2next50"])
 def test_fused_stage_convs_load_and_compute_the_same(variant, save_safetensors):
     from reference_data import ReferenceFixture, seeded_images
 
