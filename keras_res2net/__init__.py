@@ -5,11 +5,17 @@ import sys as _sys
 
 
 def _run_as_command_line() -> bool:
-    """`python -m keras_res2net.<cli>` or a `res2net-*` console script."""
+    """`python -m keras_res2net.<cli>`, a `res2net-*` console script, or one of the project's
+    scripts (`train/`, `export/`, `benchmarks/` beside this package)."""
     argv = list(getattr(_sys, "orig_argv", ()))
     if "-m" in argv[:-1]:
         return argv[argv.index("-m") + 1].startswith("keras_res2net")
-    return _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("res2net-")
+    script = _os.path.abspath(_sys.argv[0]) if _sys.argv and _sys.argv[0] else ""
+    folder = _os.path.dirname(script)
+    package_parent = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    return _os.path.basename(script).startswith("res2net-") or (
+        _os.path.basename(folder) in ("train", "export", "benchmarks")
+        and _os.path.dirname(folder) == package_parent)
 
 
 if _run_as_command_line():  # quiet TensorFlow's start-up before keras imports it

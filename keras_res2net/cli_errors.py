@@ -6,8 +6,8 @@
 * Every artifact is written under a temporary name in its final folder and renamed into place
   (`atomic_file`), so a killed run never leaves a truncated file at the final path, and
   `remove_stale` deletes (and reports) the temporaries of earlier killed runs.
-* `quiet_tf_startup` sets TensorFlow's C++ log level to warnings-and-errors-only unless the user
-  chose one, before TensorFlow is imported.
+* `quiet_tf_startup` imports TensorFlow for a command line without its start-up noise (the
+  cuInit failure on machines without a GPU, oneDNN and driver notices), keeping real errors.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -133,7 +134,93 @@ def remove_stale(folder: str, patterns: tuple[str, ...], prog: str | None = None
     return removed
 
 
+# TensorFlow's start-up lines that say nothing to the user of a command line. The C++ ones are
+# logged before TF reads TF_CPP_MIN_LOG_LEVEL (or, cuInit's, at ERROR level on every machine
+# without a GPU driver), so the level alone does not silence them.
+STARTUP_NOISE = (
+    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
+    re.compile(r"^[IW]\d{4} [\d:. ]+\d+ port\.cc:\d+\] oneDNN custom operations are on"),
+    re.compile(r"^[IW]\d{4} [\d:. ]+\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers"),
+    re.compile(r"^[IW]\d{4} [\d:. ]+\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary"),
+    re.compile(r"^To enable the following instructions: .* rebuild TensorFlow"),
+)
+NO_DRIVER = re.compile(r"cudart_stub\.cc:\d+\] Could not find cuda drivers")
+CUINIT = re.compile(r"^E\d{4} [\d:. ]+\d+ cuda_(platform|driver|executor)\.cc:\d+\] failed call to "
+                    r"cuInit")
+# TF's Python INFO line on every checkpoint save (shown once absl's app.run sets INFO).
+PYTHON_NOISE = ("Sharding callback duration",)
+
+
+def filter_startup_noise(text: str) -> str:
+    """`text` (captured stderr) without TensorFlow's start-up noise. cuInit's failure is noise
+    only where TF also found no CUDA driver at all (no GPU to use); elsewhere it is kept."""
+    no_driver = bool(NO_DRIVER.search(text))
+    kept = [line for line in text.splitlines(keepends=True)
+            if not any(pattern.search(line) for pattern in STARTUP_NOISE)
+            and not (no_driver and CUINIT.search(line))]
+    return "".join(kept)
+
+
+class _DropPythonNoise:
+    def filter(self, record) -> bool:
+        return not any(noise in record.getMessage() for noise in PYTHON_NOISE)
+
+
 def quiet_tf_startup() -> None:
-    """TensorFlow's C++ logs at warnings and above only (info lines such as cuInit's failed call
-    on a machine without a GPU are noise), unless the user set TF_CPP_MIN_LOG_LEVEL."""
+    """Import TensorFlow for a command line without its start-up noise.
+
+    Sets TensorFlow's C++ log level to warnings-and-errors unless the user chose one, then, if
+    the level is at least 2 and the backend is TensorFlow, imports TensorFlow and lists its
+    devices (where cuInit runs) with stderr (fd 2) captured, and prints back every captured
+    line but the known noise (`STARTUP_NOISE`): real errors and warnings still show. Also drops
+    TF's per-checkpoint "Sharding callback duration" INFO line."""
+    import logging
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").addFilter(_DropPythonNoise())
+    try:
+        level = int(os.environ["TF_CPP_MIN_LOG_LEVEL"])
+    except ValueError:
+        level = 0
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow") or "tensorflow"
+    if level < 2 or backend != "tensorflow" or "tensorflow" in sys.modules:
+        return
+    with _filtered_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+
+
+@contextlib.contextmanager
+def _filtered_stderr() -> Iterator[None]:
+    """File descriptor 2 (where C++ logs go) captured for the block, then written back without
+    `STARTUP_NOISE`, also when the block raises."""
+    with filtered_stderr(filter_startup_noise):
+        yield
+
+
+def drop_lines(*patterns: str):
+    """A filter for `filtered_stderr` dropping the lines that match any regex of `patterns`."""
+    compiled = [re.compile(pattern) for pattern in patterns]
+    return lambda text: "".join(line for line in text.splitlines(keepends=True)
+                                if not any(regex.search(line) for regex in compiled))
+
+
+@contextlib.contextmanager
+def filtered_stderr(keep) -> Iterator[None]:
+    """File descriptor 2 captured in a temporary file for the block (C++ libraries write there,
+    below Python), then written back through `keep(text) -> text`, also when the block raises.
+    For short blocks that print known noise (TensorFlow start-up, the TFLite calibrator)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buffer:
+        os.dup2(buffer.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            buffer.seek(0)
+            sys.stderr.write(keep(buffer.read().decode("utf-8", "replace")))
+            sys.stderr.flush()

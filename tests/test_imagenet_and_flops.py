@@ -10,9 +10,8 @@ import keras_res2net
 from keras_res2net.flops import count_macs
 from keras_res2net.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
 
-pytestmark = pytest.mark.core
 
-
+@pytest.mark.core  # keras.ops on each backend; the rest is NumPy or static shapes
 def test_preprocess_input_is_timm_normalisation():
     images = np.array([[[[0, 128, 255]]]], dtype=np.uint8)
     out = np.asarray(keras_res2net.preprocess_input(images))

@@ -17,9 +17,11 @@ import io
 import os
 import re
 import tempfile
+import warnings
 
 import numpy as np
 
+from keras_res2net.cli_errors import drop_lines, filtered_stderr
 from keras_res2net.export.savedmodel import write_savedmodel
 from keras_res2net.export.source import ServingModel
 
@@ -53,7 +55,20 @@ def convert(serving: ServingModel, quantize: str | None = None,
             if int8_io:
                 converter.inference_input_type = tf.int8
                 converter.inference_output_type = tf.int8
-        return converter.convert()
+        with quiet_tflite():
+            return converter.convert()
+
+
+@contextlib.contextmanager
+def quiet_tflite():
+    """Without the lines TFLite prints on every conversion and interpreter (the int8
+    calibrator's settings and its own tf.lite.Interpreter deprecation warning, the XNNPACK
+    notice); anything else it prints still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+        with filtered_stderr(drop_lines(r"^fully_quantize: \d+, inference_type",
+                                        r"^INFO: Created TensorFlow Lite XNNPACK delegate")):
+            yield
 
 
 def interpreter_class():
@@ -99,14 +114,16 @@ def probe(path: str) -> None:
 def load_tflite(path: str, batch_size: int = 64):
     """A runner on a .tflite file: resizes the batch, (de)quantizes integer inputs/outputs."""
     probe(path)
-    interpreter = interpreter_class()(model_path=path)
+    with quiet_tflite():
+        interpreter = interpreter_class()(model_path=path)
     input_index = interpreter.get_input_details()[0]["index"]
     state = {"batch": None}
 
     def run_batch(images: np.ndarray) -> np.ndarray:
         if state["batch"] != len(images):
             interpreter.resize_tensor_input(input_index, images.shape, strict=True)
-            interpreter.allocate_tensors()
+            with quiet_tflite():  # the XNNPACK notice comes with the first allocation
+                interpreter.allocate_tensors()
             state["batch"] = len(images)
         detail = interpreter.get_input_details()[0]
         if detail["dtype"] != np.float32:

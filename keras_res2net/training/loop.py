@@ -263,10 +263,13 @@ class Trainer:
             dist = self.strategy.distribute_datasets_from_function(
                 lambda ctx, e=epoch, s=skip: data.train_dataset(self.source, config, ctx, e, s))
             iterator = iter(dist)
-            self._log(f"Epoch {epoch + 1}/{config.epochs}")
+            # A live bar on a terminal; in a log (make run, CI) only the epoch line below,
+            # which says all the bar's last line would.
+            live = self.chief and sys.stdout.isatty()
+            if live:
+                self._log(f"Epoch {epoch + 1}/{config.epochs}")
             bar = keras.utils.Progbar(spe, stateful_metrics=["loss", "acc", "img/s"],
-                                      verbose=(1 if sys.stdout.isatty() else 2) if self.chief
-                                      else 0)
+                                      verbose=1 if live else 0)
             loss_sum = correct_sum = 0.0
             epoch_start = time.perf_counter()
             for batch in range(skip, spe):
@@ -356,10 +359,27 @@ class Trainer:
               f"({result.images} validation images)  trained {steps} steps in {elapsed:.1f}s  "
               f"{rate:.1f} img/s  step {int(self.step.numpy())}/{self.total_steps}  "
               f"weights sha256 {weights_digest(self.model)}  {where}", flush=True)
+        if path:
+            print(output_summary(self.config.model_dir), flush=True)
 
     def _log(self, message: str) -> None:
         if self.chief:
             print(message, flush=True)
+
+
+def output_summary(model_dir: str) -> str:
+    """Where a finished run's outputs are, one line each (those that exist)."""
+    outputs = ((MODEL_FILE, "the trained model (images normalised by preprocess_input)"),
+               ("history.png", "loss and accuracy per epoch"),
+               ("history.json", "the same figures as numbers"),
+               ("tensorboard", "scalars: tensorboard --logdir " + os.path.join(model_dir,
+                                                                              "tensorboard")),
+               ("checkpoints", "rerun the same command to resume or extend (--epochs)"),
+               (RUN_RECORD, "the run's settings"))
+    lines = [f"Outputs in {model_dir}:"]
+    lines += [f"  {name:<18} {what}" for name, what in outputs
+              if os.path.exists(os.path.join(model_dir, name))]
+    return "\n".join(lines)
 
 
 def plot_history(history: list[dict], path: str) -> None:

@@ -24,8 +24,15 @@ STEPS = 150
 HTC_STEPS = 150
 
 
-def test_small_mask_rcnn_learns_shapes(tmp_path):
-    data_dir = write_dataset(tmp_path / "shapes", train=200, val=40, seed=3, size=96)
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One generated set for both trainings: the semantic maps leave images and JSON as they
+    are without them (test_data.py), so Mask R-CNN trains on the same data it always did."""
+    return write_dataset(tmp_path_factory.mktemp("shapes"), train=200, val=40, seed=3, size=96,
+                         semantic=True)
+
+
+def test_small_mask_rcnn_learns_shapes(tmp_path, data_dir):
     config = configs.get_experiment("mask_rcnn_res2net50_fpn_synthetic")
     config.data.max_size = (96, 96)
     config.train.steps = STEPS
@@ -64,9 +71,7 @@ def semantic_balanced_accuracy(model, data_dir, count: int = 20) -> tuple[float,
     return float(np.mean([hits[k] / totals[k] for k in totals])), len(totals)
 
 
-def test_small_htc_with_semantic_branch_learns_shapes(tmp_path, capsys):
-    data_dir = write_dataset(tmp_path / "shapes", train=200, val=40, seed=3, size=96,
-                             semantic=True)
+def test_small_htc_with_semantic_branch_learns_shapes(tmp_path, data_dir, capsys):
     config = configs.get_experiment("htc_res2net50_fpn_synthetic")
     config.data.max_size = (96, 96)
     config.train.steps = HTC_STEPS

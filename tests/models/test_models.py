@@ -9,7 +9,9 @@ import pytest
 import keras_res2net
 from keras_res2net.summary import trainable_params
 
-pytestmark = pytest.mark.core
+# `core` (also run on JAX): the tests that compute with the backend or save and load through
+# it, one variant each (JAX compiles every op anew per input shape, so each costs minutes);
+# argument checks, names, shapes and the other variants run once, on TensorFlow.
 SMALL = dict(layers=(1, 1, 1, 1), base_width=8)  # fast: same code paths, fewer channels
 
 
@@ -65,6 +67,7 @@ def test_pooling_options(pooling, shape):
     assert model.output_shape == shape
 
 
+@pytest.mark.core
 def test_top_with_dynamic_input_size_and_logits():
     model = keras_res2net.Res2Net50(input_shape=(None, None, 3), classes=7,
                                     classifier_activation=None, **SMALL)
@@ -102,12 +105,14 @@ def test_dla_needs_multiples_of_32():
         keras_res2net.Res2NetDLA60(input_shape=(193, 257, 3))
 
 
+@pytest.mark.core
 def test_wrong_input_at_call_time_is_rejected():
     model = keras_res2net.Res2Net50(input_shape=(64, 64, 3), **SMALL)
     with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 3"):
         model(np.zeros((1, 64, 64, 1), np.float32))
 
 
+@pytest.mark.core
 def test_pyramid_model_strides_channels_and_savable(tmp_path):
     model = keras_res2net.create_model("res2net50_v1b_26w_4s", features_only=True,
                                        input_shape=(None, None, 3), **SMALL)
@@ -131,7 +136,8 @@ def test_dla_pyramid_levels():
         "P2": (16, 24, 128), "P3": (8, 12, 256), "P4": (4, 6, 512), "P5": (2, 3, 1024)}
 
 
-@pytest.mark.parametrize("variant", ["res2net50_26w_4s", "res2next50", "dla60_res2net"])
+@pytest.mark.parametrize("variant", [
+    pytest.param("res2net50_26w_4s", marks=pytest.mark.core), "res2next50", "dla60_res2net"])
 def test_keras_file_round_trip_in_safe_mode(variant, tmp_path):
     overrides = {} if variant.startswith("dla") else SMALL
     model = keras_res2net.create_model(variant, input_shape=(64, 64, 3), classes=5, **overrides)
@@ -153,7 +159,8 @@ def test_no_lambda_layers_anywhere():
         assert not [layer for layer in model.layers if isinstance(layer, keras.layers.Lambda)]
 
 
-@pytest.mark.parametrize("variant", ["res2net50_26w_4s", "res2next50"])
+@pytest.mark.parametrize("variant", [pytest.param("res2net50_26w_4s", marks=pytest.mark.core),
+                                     "res2next50"])
 def test_fused_stage_convs_load_and_compute_the_same(variant, save_safetensors):
     from reference_data import ReferenceFixture, seeded_images
 

@@ -76,7 +76,7 @@ def test_model_dir_resume_cases(tmp_path, tiny_config, train_main, capfd, monkey
     """A finished run says so; stale temporaries of killed runs are removed and reported; a
     folder of another model is refused up front; a failed model.keras save leaves no file.
     The first run goes through the script: TF's per-checkpoint "Sharding callback" INFO line
-    is not printed."""
+    is not printed, and the output ends with where each output went."""
     import keras
 
     from keras_res2net.training import run
@@ -88,6 +88,11 @@ def test_model_dir_resume_cases(tmp_path, tiny_config, train_main, capfd, monkey
     first = capfd.readouterr()
     assert "Final: val top-1" in first.out
     assert "Sharding callback" not in first.out + first.err
+    # Not a terminal: one line per epoch (no progress bar, no "Epoch 1/1" header), then where
+    # each output went.
+    assert "Epoch 1/1" not in first.out and "ms/step" not in first.out
+    assert f"Outputs in {model_dir}:\n  model.keras" in first.out
+    assert "  checkpoints" in first.out and "  history.png" in first.out
     assert (model_dir / "model.keras").is_file() and (model_dir / "train_config.json").is_file()
     config = tiny_config(model_dir, epochs=1, steps_per_epoch=1)
 

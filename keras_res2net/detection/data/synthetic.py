@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from keras_res2net.cli_errors import UsageError, WorkError, os_error_message, remove_stale, report
 from keras_res2net.detection.data.coco import SEMANTIC_IGNORE
+
+PROG = "python -m keras_res2net.detection.data.synthetic"
+STAGING_PREFIX = ".partial-"
 
 CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "rectangle"},
               {"id": 3, "name": "triangle"})
@@ -114,28 +122,59 @@ def write_split(out_dir: Path, split: str, count: int, seed: int, size: int = 12
                 max_objects: int = 4, semantic: bool = False) -> Path:
     """Write `count` images to `out_dir/split/` and `out_dir/split.json`; returns the JSON.
 
-    With `semantic`, also each image's `semantic_map` to `out_dir/<split>_semantic/`."""
+    With `semantic`, also each image's `semantic_map` to `out_dir/<split>_semantic/`. Everything
+    is written into a `.partial-*` folder inside `out_dir` and moved into place at the end (an
+    earlier split of the same name is replaced), so a full disk or a kill never leaves images
+    without their JSON; an OSError becomes a `WorkError` naming the split."""
+    out_dir = Path(out_dir)
+    final_json = out_dir / f"{split}.json"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{split}-", dir=out_dir))
+    except OSError as err:
+        raise WorkError(os_error_message(err, str(final_json))) from err
+    try:
+        _write_split_files(staging, split, count, seed, size, max_objects, semantic)
+        names = [split] + ([f"{split}_semantic"] if semantic else []) + [final_json.name]
+        for name in names:  # the JSON last: its presence means the images are complete
+            target = out_dir / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(staging / name, target)
+    except OSError as err:
+        raise WorkError(f"{os_error_message(err, str(out_dir / split))}; nothing of the "
+                        f"{split} split was kept") from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final_json
+
+
+def _write_split_files(folder: Path, split: str, count: int, seed: int, size: int,
+                       max_objects: int, semantic: bool) -> None:
     rng = np.random.default_rng(seed)
-    image_dir = out_dir / split
-    image_dir.mkdir(parents=True, exist_ok=True)
+    image_dir = folder / split
+    image_dir.mkdir()
+    semantic_dir = folder / f"{split}_semantic"
     if semantic:
-        (out_dir / f"{split}_semantic").mkdir(exist_ok=True)
+        semantic_dir.mkdir()
     images, annotations = [], []
     for index in range(count):
         image_id = index + 1
         image, objects = make_image(rng, size, max_objects)
         name = f"{image_id:06d}.png"
-        Image.fromarray(image).save(image_dir / name)
+        save_png(image, image_dir / name)
         if semantic:
-            Image.fromarray(semantic_map(objects, size)).save(out_dir / f"{split}_semantic"
-                                                              / name)
+            save_png(semantic_map(objects, size), semantic_dir / name)
         images.append({"id": image_id, "file_name": name, "height": size, "width": size})
         for category, mask in objects:
             annotations.append(_annotation(len(annotations) + 1, image_id, category, mask))
-    path = out_dir / f"{split}.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": list(CATEGORIES)}))
-    return path
+    (folder / f"{split}.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": list(CATEGORIES)}))
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    """One PNG (a seam for tests that simulate a full disk)."""
+    Image.fromarray(array).save(path)
 
 
 def write_dataset(out_dir, train: int = 600, val: int = 100, seed: int = 0,
@@ -148,8 +187,8 @@ def write_dataset(out_dir, train: int = 600, val: int = 100, seed: int = 0,
     return out_dir
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--val", type=int, default=100)
@@ -157,10 +196,20 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--semantic", action="store_true",
                         help="also write <split>_semantic/ label maps (HTC's semantic branch)")
+    parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
-    write_dataset(args.out_dir, args.train, args.val, args.seed, args.size, args.semantic)
-    print(f"wrote {args.train} train and {args.val} val images to {args.out_dir}")
+    try:
+        if min(args.train, args.val) < 1 or args.size < 32:
+            raise UsageError("--train and --val must be at least 1 and --size at least 32")
+        remove_stale(args.out_dir, (f"{STAGING_PREFIX}*",), PROG)
+        write_dataset(args.out_dir, args.train, args.val, args.seed, args.size, args.semantic)
+    except Exception as err:  # noqa: BLE001  one line per error; --verbose for the traceback
+        return report(err, PROG, args.verbose)
+    print(f"wrote {args.train} train and {args.val} val images to {args.out_dir}: train/, "
+          f"train.json, val/, val.json" + (", train_semantic/, val_semantic/"
+                                           if args.semantic else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
