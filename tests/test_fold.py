@@ -178,3 +178,28 @@ def test_export_graph_loses_batchnorm_arithmetic():
                                np.asarray(model(x)), atol=1e-5)
     ops, _ = tflite.analyze(tflite.convert(folded))
     assert "MUL" not in ops and ops["ADD"] == 4 and ops["CONV_2D"] == 25
+
+
+def test_hub_backbone_folds_for_inference_and_reloads_folded(tmp_path):
+    """Res2NetBackbone(fold_batchnorm=True): same pyramid as the unfolded backbone with the
+    same weights, no BN, and a saved one reloads (safe_mode) as the same folded model."""
+    from keras_res2net.hub import Res2NetBackbone
+
+    knobs = dict(layers=(1, 1, 1, 1), base_width=8)
+    trunk = tiny_res2net(include_top=False, input_shape=(None, None, 3))
+    weights = str(tmp_path / "trunk.weights.h5")
+    trunk.save_weights(weights)
+    plain = Res2NetBackbone("res2net50_26w_4s", weights=weights, **knobs)
+    folded = Res2NetBackbone("res2net50_26w_4s", weights=weights, fold_batchnorm=True, **knobs)
+    assert batchnorms(plain) == 25 and batchnorms(folded) == 0
+    x = images(1, 64)
+    expected = keras.Model(plain.inputs, plain.pyramid_outputs)(x)
+    got = keras.Model(folded.inputs, folded.pyramid_outputs)(x)
+    for level in ("P2", "P3", "P4", "P5"):
+        np.testing.assert_allclose(np.asarray(got[level]), np.asarray(expected[level]),
+                                   atol=1e-5, rtol=0)
+    path = tmp_path / "folded_backbone.keras"
+    folded.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.fold_batchnorm and batchnorms(loaded) == 0
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(got["P5"]), atol=1e-6, rtol=0)
