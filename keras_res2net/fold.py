@@ -90,6 +90,8 @@ def _why_not_foldable(conv, bn, tensor, calls: Counter, reads: Counter,
         return "not after a convolution"
     if getattr(conv.activation, "__name__", "linear") != "linear":
         return "after an activation"
+    if getattr(conv, "quantization_mode", None) or getattr(conv, "lora_enabled", False):
+        return "quantized or LoRA conv"
     if calls[id(conv)] != 1 or calls[id(bn)] != 1:
         return "shared layer"
     if reads[id(tensor)] != 1 or id(tensor) in output_ids:
@@ -212,6 +214,7 @@ def fold_batchnorm(model: keras.Model, *, allow_training: bool = False,
     layers are trainable raises ValueError unless `allow_training=True` (the folded model
     would silently stop updating statistics). `model` itself is not modified.
     """
+    given = model
     if isinstance(model, keras.Sequential) and model.built:  # fold its functional twin
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     if not _is_functional(model):
@@ -224,7 +227,7 @@ def fold_batchnorm(model: keras.Model, *, allow_training: bool = False,
                f"has no BatchNorm that can fold ({plan.summary(model.name)})")
         warnings.warn(f"fold_batchnorm: {model.name!r} {why}; returning it unchanged.",
                       stacklevel=2)
-        return model
+        return given
     problem = None if allow_training else _training_problem(model, plan)
     if problem:
         raise ValueError(problem)
