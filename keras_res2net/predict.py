@@ -157,7 +157,9 @@ def predict(paths: list[str], model_name: str, weights: str | None, top: int = 5
     if fold:  # nothing trains here: a compiled (trained) model's BN statistics are final
         from keras_res2net.fold import fold_batchnorm
 
-        model = fold_batchnorm(model, allow_training=True, log=log)
+        # The count goes to stderr: stdout stays the results (scripts parse it).
+        model = fold_batchnorm(model, allow_training=True,
+                               log=(lambda line: print(line, file=sys.stderr)) if log else None)
     # Direct calls, 32 images at a time: no tf.data pipeline or retracing for a few images.
     probabilities = np.concatenate([
         np.asarray(model(preprocess_input(batch[i:i + 32]), training=False))
