@@ -88,8 +88,12 @@ fixtures-mmdet:
 	.venv-mmdet/bin/python tools/make_mmdet_fixtures.py
 	.venv-mmdet/bin/python tools/make_mmdet_head_fixtures.py
 
+# Res2Net plain and BN-folded vs keras.applications (and timm when .venv-ref exists, see
+# fixtures-timm, or BENCH_ARGS="--reference-python PYTHON"), then TFLite fp32/int8 and
+# onnxruntime on 2 threads; each part timed in alternation (docs/speed.md).
+BENCH_ARGS ?=
 benchmark: install
-	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/inference.py $(BENCH_ARGS)
 
 benchmark-export: install
 	$(PY) benchmarks/export_latency.py

@@ -32,6 +32,7 @@ def main() -> None:
     import tensorflow as tf
 
     from keras_res2net.export import calibration, onnx_file, source, tflite, verify
+    from keras_res2net.summary import trainable_params
 
     if args.model == "tiny":
         keras.utils.set_random_seed(0)
@@ -57,7 +58,7 @@ def main() -> None:
         onnx_file.write_onnx(serving, path)
         runners["onnxruntime"] = onnx_file.load_onnx(path)
 
-        print(f"{model.name}: {model.count_params():,} parameters, input "
+        print(f"{model.name}: {trainable_params(model):,} parameters (PyTorch's count), input "
               f"{'x'.join(map(str, serving.image_shape))}, batch 1, median of {args.runs} runs; "
               f"checked on {samples.source}")
         rows = []

@@ -1,41 +1,50 @@
-"""Inference latency (batch 1) and throughput (batch 32): Res2Net next to keras.applications.
+"""CPU inference: Res2Net plain and BN-folded vs keras.applications, timm, TFLite and ONNX.
 
-    python benchmarks/inference.py [--repeats 7] [--threads 2] [--timm-python .venv-ref/bin/python]
+    python benchmarks/inference.py [--repeats 9] [--threads 2] [--batches 1,8]
+        [--reference-python /tmp/ref-venv/bin/python] [--no-edge] [--no-keras]
 
-Pairs are timed alternately in one process (ours, reference, ours, ...) so machine noise hits
-both; medians and ratios are printed. With a Python that has torch and timm (`make fixtures`
-creates .venv-ref), timm's res2net50_26w_4s is timed too, in a subprocess with the same
-thread count. Targets (figures, not tests): Res2Net-50 within 1.10x of Keras' ResNet50 and no
-slower than 0.9x timm's speed.
+Keras part: for each pair (ours, keras.applications model) at each batch size, three forward
+passes run in alternation in one process (ours plain, ours with `fold_batchnorm`, the
+reference; plus timm's res2net50_26w_4s in a subprocess served call by call when a Python
+with torch and timm is given), so machine noise hits all of them alike; medians and ratios
+are printed. Edge part: Res2Net-50 (folded, as `res2net-export` writes it) as TFLite fp32,
+TFLite int8 and ONNX, all on `--threads` threads (TFLite with its default XNNPACK delegate,
+onnxruntime with intra-op threads), plus TFLite fp32 with the interpreter's default thread
+setting, timed in alternation at batch 1. The load average is printed at start and end: on a
+shared machine only the ratios mean something. Parameters are counted as PyTorch does
+(BatchNorm running statistics excluded): 25,699,120 for res2net50_26w_4s.
+Targets (figures, not tests): Res2Net-50 within 1.10x of ResNet50 and 0.75x of timm's time;
+TFLite fp32 no slower than onnxruntime; TFLite int8 3x faster than fp32.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 PAIRS = [("res2net50_26w_4s", "ResNet50"), ("res2net101_26w_4s", "ResNet101")]
-TIMM_SCRIPT = """
-import json, sys, time, statistics, torch, timm
-threads, repeats, batches = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
-torch.set_num_threads(threads)
+# Served one call per request line, so timm is timed in alternation with the Keras models.
+TIMM_SERVER = """
+import sys, time, torch, timm
+torch.set_num_threads(int(sys.argv[1]))
 model = timm.create_model("res2net50_26w_4s").eval()
-out = {}
+inputs = {}
+print("ready", sum(p.numel() for p in model.parameters()), flush=True)
 with torch.inference_mode():
-    for batch in batches:
-        x = torch.randn(batch, 3, 224, 224)
-        model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter(); model(x); times.append(time.perf_counter() - start)
-        out[batch] = statistics.median(times)
-print(json.dumps(out))
+    for line in sys.stdin:
+        batch = int(line)
+        x = inputs.setdefault(batch, torch.randn(batch, 3, 224, 224))
+        start = time.perf_counter(); model(x); print(time.perf_counter() - start, flush=True)
 """
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 def configure_threads(threads: int) -> None:
@@ -46,19 +55,19 @@ def configure_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def build(name: str):
+def build(name: str, size: int = 224):
     import keras
 
     import keras_res2net
 
     if name.startswith("res2net"):
-        return keras_res2net.create_model(name, input_shape=(224, 224, 3))
-    return getattr(keras.applications, name)(weights=None, input_shape=(224, 224, 3))
+        return keras_res2net.create_model(name, input_shape=(size, size, 3))
+    return getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
 
 
 def forward_fn(model):
     """The model's inference forward pass without Keras' per-call predict overhead: a
-    tf.function on TensorFlow (same treatment for both models), predict_on_batch elsewhere."""
+    tf.function on TensorFlow (same treatment for every model), predict_on_batch elsewhere."""
     import keras
 
     if keras.backend.backend() == "tensorflow":
@@ -69,71 +78,186 @@ def forward_fn(model):
     return model.predict_on_batch
 
 
-def time_pair(models, batch: int, repeats: int) -> list[float]:
-    """Median seconds per call for each model, timed alternately."""
+class TimmServer:
+    """timm's res2net50_26w_4s in a subprocess of `python`, one timed call per request."""
+
+    def __init__(self, python: str, threads: int):
+        self.process = subprocess.Popen([python, "-c", TIMM_SERVER, str(threads)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        ready = self.process.stdout.readline().split()
+        if not ready or ready[0] != "ready":
+            raise RuntimeError(f"{python} could not build timm's res2net50_26w_4s")
+        self.params = int(ready[1])
+
+    def __call__(self, batch: int) -> float:
+        self.process.stdin.write(f"{batch}\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def time_alternately(calls: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each named zero-argument callable, timed in rounds."""
+    for call in calls.values():  # trace and warm up
+        call()
+        call()
+    samples = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            seconds = call()
+            samples[name].append(seconds if isinstance(seconds, float) else
+                                 time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def keras_section(args, timm: TimmServer | None) -> None:
+    import keras
     import numpy as np
 
-    images = np.random.default_rng(0).standard_normal((batch, 224, 224, 3)).astype("float32")
-    forwards = [forward_fn(model) for model in models]
-    for forward in forwards:  # trace and warm up
-        forward(images)
-        forward(images)
-    samples = [[] for _ in models]
-    for _ in range(repeats):
-        for index, forward in enumerate(forwards):
-            start = time.perf_counter()
-            forward(images)
-            samples[index].append(time.perf_counter() - start)
-    return [statistics.median(times) for times in samples]
+    from keras_res2net.fold import fold_batchnorm
+    from keras_res2net.summary import trainable_params
+
+    print(f"{'model':18s} {'vs':9s} {'batch':>5s} {'plain ms':>9s} {'folded':>8s} "
+          f"{'ref ms':>8s} {'fold/plain':>10s} {'plain/ref':>9s} {'fold/ref':>8s}")
+    params = {}
+    for pair in args.pairs.split(","):
+        ours_name, ref_name = pair.split(":")
+        plain, ref = build(ours_name), build(ref_name)
+        folded = fold_batchnorm(plain, log=lambda _: None)
+        params.update({ours_name: trainable_params(plain), ref_name: trainable_params(ref),
+                       f"{ours_name} folded": trainable_params(folded)})
+        for batch in args.batches:
+            images = np.random.default_rng(0).standard_normal(
+                (batch, 224, 224, 3)).astype("float32")
+            forwards = {"plain": forward_fn(plain), "folded": forward_fn(folded),
+                        "ref": forward_fn(ref)}
+            calls = {name: (lambda f=f, x=images: f(x)) for name, f in forwards.items()}
+            use_timm = timm is not None and ours_name == "res2net50_26w_4s"
+            if use_timm:
+                calls["timm"] = lambda batch=batch: timm(batch)
+            t = time_alternately(calls, args.repeats)
+            print(f"{ours_name:18s} {ref_name:9s} {batch:>5d} {t['plain'] * 1e3:>9.1f} "
+                  f"{t['folded'] * 1e3:>8.1f} {t['ref'] * 1e3:>8.1f} "
+                  f"{t['folded'] / t['plain']:>10.2f} {t['plain'] / t['ref']:>9.2f} "
+                  f"{t['folded'] / t['ref']:>8.2f}", flush=True)
+            if use_timm:
+                print(f"{ours_name:18s} {'timm':9s} {batch:>5d} {t['plain'] * 1e3:>9.1f} "
+                      f"{t['folded'] * 1e3:>8.1f} {t['timm'] * 1e3:>8.1f} "
+                      f"{t['folded'] / t['plain']:>10.2f} {t['plain'] / t['timm']:>9.2f} "
+                      f"{t['folded'] / t['timm']:>8.2f}", flush=True)
+        keras.backend.clear_session()
+    if timm is not None:
+        params["timm res2net50_26w_4s"] = timm.params
+    print("ratios: first / second time (below 1.00: the first is faster)")
+    print("parameters (PyTorch's convention, BatchNorm running statistics excluded): " +
+          ", ".join(f"{name} {count:,}" for name, count in params.items()))
 
 
-def time_timm(python: str, threads: int, repeats: int, batches: list[int]) -> dict | None:
-    try:
-        result = subprocess.run(
-            [python, "-c", TIMM_SCRIPT, str(threads), str(repeats), json.dumps(batches)],
-            capture_output=True, text=True, timeout=1800, check=True)
-    except (OSError, subprocess.SubprocessError) as err:
-        print(f"(timm not timed: {err})")
-        return None
-    return {int(k): v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items()}
+def edge_runners(args) -> dict:
+    """name -> batch-1 callable for Res2Net-50 as TFLite fp32/int8 and ONNX (and Keras)."""
+    import keras
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    from keras_res2net.export import calibration, onnx_file, source, tflite
+
+    keras.utils.set_random_seed(0)
+    serving = source.serving_model(build("res2net50_26w_4s", args.edge_size),
+                                   fold=not args.edge_no_fold)
+    samples = calibration.load_samples("digits", serving.image_shape,
+                                       calibration_size=args.calibration_size)
+    image = serving.model_inputs(samples.check[:1])
+    folder = tempfile.mkdtemp(prefix="res2net-bench-")
+    runners = {}
+    call = tf.function(lambda x: serving.model(x, training=False))
+    runners["keras tf.function"] = lambda: call(image)
+    interpreter = tflite.interpreter_class()
+    for name, quantize in (("tflite fp32", None), ("tflite int8", "int8")):
+        path = os.path.join(folder, f"{quantize or 'fp32'}.tflite")
+        with open(path, "wb") as handle:
+            handle.write(tflite.convert(serving, quantize, samples.calibration))
+        for label, threads in ((f"{name} {args.threads}t", args.threads),
+                               (f"{name} default threads", None)):
+            if quantize and threads is None:
+                continue
+            runner = interpreter(model_path=path, num_threads=threads)
+            runner.allocate_tensors()
+            detail = runner.get_input_details()[0]
+
+            def run(runner=runner, detail=detail):
+                runner.set_tensor(detail["index"], image.astype(detail["dtype"]))
+                runner.invoke()
+
+            runners[label] = run
+    path = os.path.join(folder, "model.onnx")
+    onnx_file.write_onnx(serving, path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    runners[f"onnxruntime {args.threads}t"] = lambda: session.run(None, {input_name: image})
+    return runners
+
+
+def edge_section(args) -> None:
+    runners = edge_runners(args)
+    times = time_alternately(runners, args.repeats)
+    base = times[f"tflite fp32 {args.threads}t"]
+    fold = "unfolded" if args.edge_no_fold else "BN folded"
+    print(f"\nres2net50_26w_4s ({fold}) {args.edge_size}x{args.edge_size}, batch 1, median of "
+          f"{args.repeats} alternating rounds")
+    print(f"{'runtime':28s} {'ms':>8s} {'vs tflite fp32':>15s}")
+    for name, seconds in times.items():
+        print(f"{name:28s} {seconds * 1e3:>8.1f} {seconds / base:>14.2f}x")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--throughput-batch", type=int, default=32)
-    parser.add_argument("--timm-python", default=".venv-ref/bin/python")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--reference-python", "--timm-python", dest="reference_python",
+                        default=".venv-ref/bin/python",
+                        help="a Python with torch and timm (timm is skipped if it is absent)")
     parser.add_argument("--pairs", default=",".join(f"{a}:{b}" for a, b in PAIRS),
                         help="comma-separated ours:keras.applications pairs")
+    parser.add_argument("--no-keras", action="store_true", help="skip the Keras part")
+    parser.add_argument("--no-edge", action="store_true", help="skip TFLite/ONNX")
+    parser.add_argument("--edge-size", type=int, default=224)
+    parser.add_argument("--edge-no-fold", action="store_true",
+                        help="export the edge artifacts without folding BatchNorm")
+    parser.add_argument("--calibration-size", type=int, default=32,
+                        help="int8 calibration images (digits); latency does not depend on it")
     args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
     configure_threads(args.threads)
     import keras
 
     print(f"keras {keras.__version__} ({keras.backend.backend()}), {args.threads} threads, "
-          f"median of {args.repeats}")
-    print(f"{'model':22s} {'vs':10s} {'batch':>5s} {'ours ms':>9s} {'ref ms':>9s} "
-          f"{'ours img/s':>10s} {'ratio':>6s}")
-    batches = [1, args.throughput_batch]
-    results = {}
-    for pair in args.pairs.split(","):
-        ours_name, ref_name = pair.split(":")
-        models = [build(ours_name), build(ref_name)]
-        for batch in batches:
-            ours, ref = time_pair(models, batch, args.repeats)
-            results[(ours_name, batch)] = ours
-            print(f"{ours_name:22s} {ref_name:10s} {batch:>5d} {ours * 1e3:>9.1f} "
-                  f"{ref * 1e3:>9.1f} {batch / ours:>10.1f} {ours / ref:>6.2f}", flush=True)
-        keras.backend.clear_session()
-
-    if os.path.exists(args.timm_python):
-        timm_times = time_timm(args.timm_python, args.threads, args.repeats, batches)
-        for batch, seconds in (timm_times or {}).items():
-            ours = results.get(("res2net50_26w_4s", batch))
-            if ours:
-                print(f"{'res2net50_26w_4s':22s} {'timm':10s} {batch:>5d} {ours * 1e3:>9.1f} "
-                      f"{seconds * 1e3:>9.1f} {batch / ours:>10.1f} {ours / seconds:>6.2f}")
-    print("ratio = ours / reference time (below 1.00: ours is faster)")
+          f"median of {args.repeats} alternating rounds; {load()} on {os.cpu_count()} cores")
+    timm = None
+    if not args.no_keras and os.path.exists(args.reference_python):
+        try:
+            timm = TimmServer(args.reference_python, args.threads)
+        except (OSError, RuntimeError, ValueError) as err:
+            print(f"(timm not timed: {err})")
+    elif not args.no_keras:
+        print(f"(timm not timed: no {args.reference_python}; pass --reference-python)")
+    try:
+        if not args.no_keras:
+            keras_section(args, timm)
+    finally:
+        if timm is not None:
+            timm.close()
+    if not args.no_edge:
+        edge_section(args)
+    print(f"end: {load()}")
     return 0
 
 

@@ -23,6 +23,7 @@ if _run_as_command_line():  # quiet TensorFlow's start-up before keras imports i
 
     quiet_tf_startup()
 
+from keras_res2net.fold import fold_batchnorm  # noqa: E402
 from keras_res2net.imagenet import decode_predictions, preprocess_input  # noqa: E402
 from keras_res2net.models import (  # noqa: E402
     Res2Net50,
@@ -68,6 +69,7 @@ __all__ = [
     "ResNeXt29",
     "build_res2net",
     "decode_predictions",
+    "fold_batchnorm",
     "preprocess_input",
     "create_model",
     "get_variant",

@@ -110,6 +110,9 @@ class Res2NetBackbone(FeaturePyramidBackbone):
         stage_pool: False builds mmdetection's layout (no pool in the stride-1 stage
             block); an mmdetection checkpoint sets it. The config records the result.
         fuse_stage_convs: run each stage block's 3x3 convs as one grouped conv.
+        fold_batchnorm: for inference only: every BatchNorm folded into the conv before it
+            (`keras_res2net.fold_batchnorm`; same outputs, faster, nothing left to train in
+            the statistics). The config records it, so a saved folded backbone reloads folded.
         dtype: dtype policy of every layer (e.g. "mixed_float16").
         **kwargs: `name`, `trainable`, as for any keras-hub backbone.
     """
@@ -127,6 +130,7 @@ class Res2NetBackbone(FeaturePyramidBackbone):
         weights: str | os.PathLike | None = None,
         stage_pool: bool = True,
         fuse_stage_convs: bool = False,
+        fold_batchnorm: bool = False,
         dtype: str | keras.DTypePolicy | None = None,
         **kwargs,
     ) -> None:
@@ -142,6 +146,10 @@ class Res2NetBackbone(FeaturePyramidBackbone):
             trunk = build_res2net(spec, include_top=False, weights=checkpoint,
                                   input_shape=image_shape, stage_pool=stage_pool,
                                   fuse_stage_convs=fuse_stage_convs)
+            if fold_batchnorm:
+                from keras_res2net.fold import fold_batchnorm as fold
+
+                trunk = fold(trunk)
         pyramid = {level: trunk.get_layer(layer).output
                    for level, layer in pyramid_layer_names(trunk).items()}
         # The trunk's graph becomes this model's: same layers, names and weights.
@@ -157,6 +165,7 @@ class Res2NetBackbone(FeaturePyramidBackbone):
         self.image_shape = image_shape
         self.stage_pool = stage_pool
         self.fuse_stage_convs = bool(fuse_stage_convs)
+        self.fold_batchnorm = bool(fold_batchnorm)
         self.spec = spec
         self.pyramid_outputs = pyramid
 
@@ -173,6 +182,7 @@ class Res2NetBackbone(FeaturePyramidBackbone):
             "image_shape": list(self.image_shape),
             "stage_pool": self.stage_pool,
             "fuse_stage_convs": self.fuse_stage_convs,
+            "fold_batchnorm": self.fold_batchnorm,
         })
         return config
 

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=int, help="Res2Net knob for a model built by name")
     parser.add_argument("--latency-runs", type=int, default=20,
                         help="batch-1 calls timed per artifact (median reported)")
+    parser.add_argument("--no-fold", action="store_true", help="keep BatchNorm layers (default: "
+                        "folded into the convolutions, same outputs, faster artifacts)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     return parser
 

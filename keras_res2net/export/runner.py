@@ -42,7 +42,8 @@ def load_serving(args: argparse.Namespace) -> source.ServingModel:
         raise OptionError(f"{what} could not be loaded ({type(err).__name__}: {err}). Check "
                           "that the file is complete and matches the model.") from err
     try:
-        return source.serving_model(model, args.include_preprocessing, args.input_size)
+        return source.serving_model(model, args.include_preprocessing, args.input_size,
+                                    fold=not getattr(args, "no_fold", False))
     except ValueError as err:
         raise OptionError(str(err)) from err
 

@@ -26,6 +26,7 @@ class ServingModel:
     source: keras.Model  # the model as loaded or built
     output_name: str  # probabilities, logits or features
     include_preprocessing: bool
+    reference_model: keras.Model | None = None  # the unfolded model, when `source` is folded
 
     @property
     def name(self) -> str:
@@ -44,7 +45,8 @@ class ServingModel:
     def reference(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """The Keras model's outputs on RGB `images` in [0, 255] (the check's ground truth)."""
         normalised = np.asarray(preprocess_input(images), dtype=np.float32)
-        outputs = self.source.predict(normalised, batch_size=batch_size, verbose=0)
+        model = self.reference_model or self.source
+        outputs = model.predict(normalised, batch_size=batch_size, verbose=0)
         return np.asarray(outputs, dtype=np.float32)
 
 
@@ -81,8 +83,17 @@ def output_kind(model: keras.Model) -> str:
 
 
 def serving_model(model: keras.Model, include_preprocessing: bool = False,
-                  input_size: int | None = None) -> ServingModel:
-    """Wrap `model` with the named input/output (and the normalisation) every format exports."""
+                  input_size: int | None = None, fold: bool = False) -> ServingModel:
+    """Wrap `model` with the named input/output (and the normalisation) every format exports.
+
+    `fold=True` exports `model` with its BatchNorm folded into the convolutions
+    (`keras_res2net.fold_batchnorm`); the unfolded `model` stays the checks' reference.
+    """
+    reference = None
+    if fold:
+        from keras_res2net.fold import fold_batchnorm
+
+        model, reference = fold_batchnorm(model, allow_training=True, log=print), model
     shape = tuple(model.inputs[0].shape[1:])
     if len(shape) != 3 or shape[-1] != 3:
         raise ValueError(f"{model.name} takes inputs of shape {shape}; the exporter needs "
@@ -101,7 +112,8 @@ def serving_model(model: keras.Model, include_preprocessing: bool = False,
                                    offset=(-mean / std).tolist(), name="preprocess")(x)
     outputs = {name: keras.layers.Identity(name=name)(model(x))}
     wrapped = keras.Model(images, outputs, name=f"{model.name}_serving")
-    return ServingModel(wrapped, model, name, include_preprocessing)
+    return ServingModel(wrapped, model, name, include_preprocessing,
+                        reference if reference is not model else None)
 
 
 def artifact_stem(model_arg: str, model: keras.Model) -> str:

@@ -114,8 +114,9 @@ def probe(path: str) -> None:
 def load_tflite(path: str, batch_size: int = 64):
     """A runner on a .tflite file: resizes the batch, (de)quantizes integer inputs/outputs."""
     probe(path)
+    # All cores, as onnxruntime uses: the default runs XNNPACK single-threaded (docs/speed.md).
     with quiet_tflite():
-        interpreter = interpreter_class()(model_path=path)
+        interpreter = interpreter_class()(model_path=path, num_threads=os.cpu_count())
     input_index = interpreter.get_input_details()[0]["index"]
     state = {"batch": None}
 
