@@ -21,7 +21,8 @@ def test_tfrecord_round_trip(shapes_val, tmp_path):
         np.testing.assert_array_equal(example["masks"], record.load_masks())
     data = tf_example.load(str(tmp_path / "*.tfrecord"), dataset.category_ids)
     batch = next(iter(build_dataset(data, batch_size=2, max_size=(128, 128), max_instances=8)))
-    assert batch["images"].shape == (2, 128, 128, 3) and batch["masks"].shape == (2, 8, 128, 128)
+    assert batch["images"].shape == (2, 128, 128, 3)
+    assert batch["mask_crops"].shape == (2, 8, 112, 112)
 
 
 def test_missing_files_fail_fast(tmp_path):
