@@ -1,6 +1,6 @@
 """The COCO input path at scale: RLE decoded in TensorFlow, mask crops, mask targets from
-crops, aspect-ratio batches, JPEG decoding, normalise-then-pad. References: pycocotools,
-PIL, NumPy slices and the full-image mask targets (`crop_masks`)."""
+crops, aspect-ratio batches, JPEG decoding (normalise-then-pad is test_model.py's). References:
+pycocotools, PIL, NumPy slices and the full-image mask targets (`crop_masks`)."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,11 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from keras_res2net.detection.data.coco import load_coco
-from keras_res2net.detection.data.instance_masks import crop_mask_to_box, decode_rle
+from keras_res2net.detection.data.instance_masks import (
+    crop_mask_to_box,
+    crop_rle_to_box,
+    decode_rle,
+)
 from keras_res2net.detection.data.pipeline import build_dataset
 from keras_res2net.detection.modeling.roi_align import crop_box_masks, crop_masks
 
@@ -32,6 +36,33 @@ def test_rle_decodes_as_pycocotools_does():
         rle = mask_utils.encode(np.asfortranarray(mask))
         out = decode_rle(tf.constant(rle["counts"]), *mask.shape)
         np.testing.assert_array_equal(out, mask)
+
+
+def _soft_crop(mask, box, size):
+    """NumPy float64 bilinear samples at the centres of a size x size grid over `box`
+    (0 outside the pixel centres' span), before thresholding."""
+    def axis(start, end, pixels):
+        coords = start + (np.arange(size) + 0.5) * (end - start) / size - 0.5
+        low = np.floor(coords).astype(int)
+        weights = np.zeros((size, pixels))
+        inside = (coords >= 0) & (coords <= pixels - 1)
+        for index, weight in ((low, 1 - (coords - low)), (low + 1, coords - low)):
+            ok = inside & (index >= 0) & (index < pixels)
+            weights[np.arange(size)[ok], index[ok]] += weight[ok]
+        return weights
+    return axis(box[1], box[3], mask.shape[0]) @ mask @ axis(box[0], box[2], mask.shape[1]).T
+
+
+def test_crops_decoded_around_the_box_equal_crops_of_the_whole_mask():
+    """Against a float64 NumPy reference: equal except where a sample sits on the 0.5 tie
+    (float32 rounding decides those either way)."""
+    mask = (np.random.default_rng(3).random((30, 41)) < 0.4).astype(np.uint8)
+    rle = tf.constant(mask_utils.encode(np.asfortranarray(mask))["counts"])
+    for box in ([0, 0, 41, 30], [0.4, 2.6, 9.3, 29.9], [30.2, 0, 41, 7.5], [12, 11, 13, 12]):
+        soft = _soft_crop(mask.astype(np.float64), box, 9)
+        for crop in (crop_rle_to_box(rle, box, 30, 41, size=9), crop_mask_to_box(mask, box, 9)):
+            differ = np.asarray(crop) != (soft >= 0.5)
+            assert np.all(np.abs(soft[differ] - 0.5) < 1e-4), box
 
 
 def test_crop_of_an_integral_box_at_its_size_is_its_pixels():
@@ -96,21 +127,3 @@ def test_training_batches_hold_one_orientation(coco_set):
     assert any(len({bool(w < h) for h, w in np.asarray(b["original_sizes"])}) == 2
                for b in mixed.take(6))
 
-
-def test_normalised_images_are_zero_on_the_padding(coco_set):
-    """The pipeline pads uint8 images; the model normalises and zeroes the padding, which is
-    mmdetection's normalise-then-pad-with-zeros."""
-    from keras_res2net.detection.modeling.detector import padding_mask
-    from keras_res2net.imagenet import IMAGENET_MEAN, IMAGENET_STD, preprocess_input
-
-    json_path, folder, _ = coco_set
-    batch = next(iter(build_dataset(load_coco(json_path, folder), batch_size=2,
-                                    max_size=(90, 90), max_instances=4)))
-    images = np.asarray(batch["images"])
-    ours = np.asarray(preprocess_input(images) * padding_mask(images.shape,
-                                                              batch["image_sizes"]))
-    for i, (height, width) in enumerate(np.asarray(batch["image_sizes"]).astype(int)):
-        normalised = (images[i, :height, :width] / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        expected = np.zeros_like(ours[i])
-        expected[:height, :width] = normalised
-        np.testing.assert_allclose(ours[i], expected, atol=1e-5)

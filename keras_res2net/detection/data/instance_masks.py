@@ -8,7 +8,7 @@ mask targets are then RoIAlign samples of the crop (`modeling.roi_align.crop_box
 `decode_rle` reads pycocotools' compressed RLE string (`rleFrString` in its `maskApi.c`) with
 vectorised TensorFlow ops, so masks decode in parallel inside `Dataset.map`; it is
 hand-written because pycocotools has no TensorFlow op and a `py_function` would hold the GIL.
-Each full mask exists only while its own crop is taken (`tf.map_fn` over instances).
+Only the pixels around each box are decoded, one instance at a time (`tf.map_fn`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import tensorflow as tf
 MASK_CROP_SIZE = 112  # Model Garden's default `mask_crop_size`
 
 
-def decode_rle(counts, height, width) -> tf.Tensor:
-    """(height, width) uint8 mask of a compressed RLE string (column-major runs, 0s first).
+def decode_rle(counts, height, width, columns=None) -> tf.Tensor:
+    """(height, width) uint8 mask of a compressed RLE string (column-major runs, 0s first);
+    with `columns` (first, end) only those columns: (height, end - first).
 
     Each run length is a little-endian number of 5-bit chunks (character - 48; bit 0x20 says
     "more chunks follow", bit 0x10 of the last chunk is the sign); from the fourth run on, a
@@ -41,8 +42,20 @@ def decode_rle(counts, height, width) -> tf.Tensor:
     even_sums = tf.cumsum(tf.where(even & (index >= 2), values, 0))
     odd_sums = tf.cumsum(tf.where(even, tf.zeros_like(values), values))
     runs = tf.where(index == 0, values, tf.where(even, even_sums, odd_sums))
-    flat = tf.repeat(tf.cast(index % 2, tf.uint8), runs)
-    return tf.transpose(tf.reshape(flat, tf.stack([width, height])))
+    # Paint the runs of 1s as +1 at their start and -1 past their end, then a running sum:
+    # memory linear in the pixels (tf.repeat would take runs x longest run).
+    height = tf.cast(height, tf.int64)
+    first, end = (0, width) if columns is None else columns
+    first, end = tf.cast(first, tf.int64), tf.cast(end, tf.int64)
+    low, pixels = first * height, (end - first) * height
+    ends = tf.cumsum(runs)
+    starts = tf.clip_by_value(ends - runs - low, 0, pixels)
+    ends = tf.clip_by_value(ends - low, 0, pixels)
+    ones = tf.cast(tf.logical_not(even), tf.int32)
+    edges = tf.math.unsorted_segment_sum(tf.concat([ones, -ones], 0),
+                                         tf.concat([starts, ends], 0), pixels + 1)
+    flat = tf.cast(tf.cumsum(edges)[:pixels], tf.uint8)
+    return tf.transpose(tf.reshape(flat, tf.stack([end - first, height])))
 
 
 def crop_mask_to_box(mask, box, size: int = MASK_CROP_SIZE) -> tf.Tensor:
@@ -74,13 +87,29 @@ def crop_masks_to_boxes(masks, boxes, size: int = MASK_CROP_SIZE) -> tf.Tensor:
                      fn_output_signature=tf.TensorSpec([size, size], tf.uint8))
 
 
+def crop_rle_to_box(rle, box, height, width, size: int = MASK_CROP_SIZE) -> tf.Tensor:
+    """`crop_mask_to_box` of an RLE mask, decoding only the pixels around the box (its
+    columns, plus one either side for the bilinear samples), not the whole image."""
+    box = tf.cast(box, tf.float32)
+    height, width = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
+    first = tf.clip_by_value(tf.cast(tf.floor(box[0]), tf.int64) - 1, 0, width - 1)
+    end = tf.clip_by_value(tf.cast(tf.math.ceil(box[2]), tf.int64) + 1, first + 1, width)
+    top = tf.clip_by_value(tf.cast(tf.floor(box[1]), tf.int64) - 1, 0, height - 1)
+    bottom = tf.clip_by_value(tf.cast(tf.math.ceil(box[3]), tf.int64) + 1, top + 1, height)
+    window = decode_rle(rle, height, width, (first, end))[top:bottom]
+    shift = tf.cast(tf.stack([first, top, first, top]), tf.float32)
+    # Inside the image the window holds every sample's neighbours; at an image border the
+    # window's border is the image's, so samples past it read 0 either way.
+    return crop_mask_to_box(window, box - shift, size)
+
+
 def crop_rles_to_boxes(rles, boxes, height, width, size: int = MASK_CROP_SIZE) -> tf.Tensor:
     """(N, size, size) crops of (N,) compressed RLE strings of (height, width) masks; an
     empty string (no segmentation) gives an empty crop. One full mask at a time."""
     def crop(args):
         rle, box = args
         return tf.cond(tf.strings.length(rle) > 0,
-                       lambda: crop_mask_to_box(decode_rle(rle, height, width), box, size),
+                       lambda: crop_rle_to_box(rle, box, height, width, size),
                        lambda: tf.zeros([size, size], tf.uint8))
 
     return tf.map_fn(crop, (tf.convert_to_tensor(rles), tf.cast(boxes, tf.float32)),
