@@ -1,7 +1,7 @@
 """The tf.data input pipeline: decode, resize to fit, random flip, pad to a multiple of 32.
 
 A COCO set enters as light per-image records (`record_dataset`: file path, boxes, classes,
-each instance's compressed RLE), shuffled as records; decoding (`tf.io.decode_image`, RLE by
+each instance's compressed RLE), shuffled as records; decoding (`decode_image`, RLE by
 TensorFlow ops) and resizing run in `Dataset.map(num_parallel_calls=AUTOTUNE)`. Instance masks
 are carried cropped to their boxes at `mask_crop_size` (`instance_masks`, Model Garden's
 representation), never as full-image masks.
