@@ -1,7 +1,9 @@
-"""A consistent TFDS coco/2017 mock (`tfds.testing.mock_data(as_dataset_fn=coco_examples)`).
+"""COCO test data: a consistent TFDS coco/2017 mock, and small generated COCO JSON sets.
 
-The default mock draws each object field with its own length; these examples have `bbox`,
-`label` and `is_crowd` of one length, as real COCO does. Shared by the detection tests.
+`coco_examples` is for `tfds.testing.mock_data(as_dataset_fn=coco_examples)`: the default
+mock draws each object field with its own length; these examples have `bbox`, `label` and
+`is_crowd` of one length, as real COCO does. `write_coco_set` writes a few JPEGs with
+polygon and RLE instances. Shared by the detection tests.
 """
 
 import numpy as np
