@@ -11,7 +11,11 @@ under the classification trainer's tf.distribute strategies (`--strategy`). Ever
 carries `experiment.json` (the resolved config, overrides included): `--mode eval --checkpoint
 DIR` rebuilds the model from it (a training run or `keras_res2net.detection.convert`'s output),
 so `--experiment` is only needed for a new run or a folder without the file. Bad flags, a
-missing run folder or weights, or a folder of another experiment stop with one line (exit 2).
+missing run folder or weights, a folder of another experiment, or bad data (invalid or
+incomplete COCO JSON, an empty annotation set, images that do not decode) stop with one line
+(or a list of the bad images) and exit 2, before training; failed work exits 1; `--verbose`
+adds the traceback. Every image is decoded once up front (`--check_images`); a corrupt one
+stops the run, or with `--skip_bad_images` is left out and counted.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import NoReturn
 
 from absl import app, flags
 
+from keras_res2net.cli_errors import report
 from keras_res2net.detection import configs, trainer
 from keras_res2net.detection.data import sources
 from keras_res2net.training.strategies import make_strategy
@@ -62,30 +67,48 @@ flags.DEFINE_string("tpu", None, "TPU name or address for --strategy tpu.")
 flags.DEFINE_string("device", None, "Device for --strategy one_device (default: GPU 0 or CPU).")
 flags.DEFINE_integer("checkpoint_every", 200, "Save a checkpoint every N steps (and at each "
                      "epoch end).")
+flags.DEFINE_bool("check_images", True, "--data coco_json: decode every training (and, for "
+                  "evaluation, validation) image once before starting, in parallel, so a "
+                  "corrupt file stops the run up front with the list of bad files.")
+flags.DEFINE_bool("skip_bad_images", False, "Train without the training images that do not "
+                  "decode (or differ from their annotated size) instead of stopping; their "
+                  "number is reported.")
+flags.DEFINE_bool("verbose", False, "Print the traceback of an error, not just its message.")
+
+PROG = "train/coco.py"
 
 
 def fail(error: Exception) -> NoReturn:
-    """One line on stderr and exit status 2: a bad flag or run folder, found before any work."""
-    print(f"train/coco.py: error: {error}", file=sys.stderr)
-    sys.exit(2)
+    """One line (two with a list of bad images) on stderr and the error's exit status: 2 for
+    bad flags or data, found before any work; the traceback only with --verbose."""
+    sys.exit(report(error, PROG, FLAGS.verbose))
 
 
 def main(argv) -> None:
     del argv
     try:
-        config, name, folder = trainer.resolve_run(
-            FLAGS.mode, experiment=FLAGS.experiment, model_dir=FLAGS.model_dir,
-            checkpoint=FLAGS.checkpoint, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
-            max_size=FLAGS.max_size)
-    except (ValueError, FileNotFoundError) as error:
+        run()
+    except Exception as error:  # noqa: BLE001  one line per error; --verbose for the traceback
         fail(error)
+
+
+def run() -> None:
+    config, name, folder = trainer.resolve_run(
+        FLAGS.mode, experiment=FLAGS.experiment, model_dir=FLAGS.model_dir,
+        checkpoint=FLAGS.checkpoint, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
+        max_size=FLAGS.max_size)
     chief = True
+    evaluating = FLAGS.mode in ("eval", "train_and_eval")
     if FLAGS.mode in ("train", "train_and_eval"):
         # The strategy first: multi_worker configures collectives, before any TF op runs.
         strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu, device=FLAGS.device)
         source = sources.open_source(FLAGS.data, config, FLAGS.data_dir,
                                      tfds_split=FLAGS.tfds_split, tfds_name=FLAGS.tfds_name,
-                                     tfrecord_pattern=FLAGS.tfrecord_pattern)
+                                     tfrecord_pattern=FLAGS.tfrecord_pattern,
+                                     check_images=FLAGS.check_images,
+                                     skip_bad_images=FLAGS.skip_bad_images)
+        if evaluating:  # the validation split is read at the end: refuse it now if bad
+            sources.check_eval_data(config, FLAGS.data_dir, check_images=FLAGS.check_images)
         print(f"training data: {source.name} ({source.num_examples or 'unknown number of'} "
               "images)", flush=True)
         detector = trainer.DetectionTrainer(
@@ -94,11 +117,12 @@ def main(argv) -> None:
         detector.train()
         task, model, chief = detector.task, detector.model, detector.chief
     else:
+        sources.check_eval_data(config, FLAGS.data_dir, check_images=FLAGS.check_images)
         task, model = trainer.load_trained(config, folder)
         height, width = config.data.max_size
         print(f"evaluating {folder}: {name or 'unnamed experiment'}, images resized to fit "
               f"{height}x{width}", flush=True)
-    if FLAGS.mode in ("eval", "train_and_eval") and chief:
+    if evaluating and chief:
         trainer.evaluate(task, model, FLAGS.data_dir, evaluator=FLAGS.evaluator)
 
 

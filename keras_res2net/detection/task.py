@@ -26,7 +26,7 @@ from keras_res2net.detection.data.sources import semantic_dir
 from keras_res2net.detection.modeling.backbone import build_backbone
 from keras_res2net.detection.modeling.detector import TwoStageDetector, select_class
 from keras_res2net.detection.modeling.factory import build_detector
-from keras_res2net.detection.modeling.roi_align import crop_masks
+from keras_res2net.detection.modeling.roi_align import crop_box_masks, crop_masks
 from keras_res2net.detection.ops import boxes as box_ops
 from keras_res2net.detection.ops.assign import assign
 from keras_res2net.detection.ops.masks import paste_masks
@@ -38,6 +38,15 @@ from keras_res2net.detection.targets import RoiSample, gather_rows, sample_rois
 def model_inputs(batch: dict) -> dict:
     """The detector's inputs in a pipeline batch: images and, when present, image sizes."""
     return {key: batch[key] for key in ("images", "image_sizes") if key in batch}
+
+
+def mask_targets(inputs: dict, rois, gt_index, *, output_size: int):
+    """(B, N, S, S) mask targets of `rois` matched to ground truth `gt_index`: from the
+    pipeline's per-instance "mask_crops" (over "boxes"), or from full-image "masks"."""
+    if "mask_crops" in inputs:
+        return crop_box_masks(inputs["mask_crops"], inputs["boxes"], rois, gt_index,
+                              output_size=output_size)
+    return crop_masks(inputs["masks"], rois, gt_index, output_size=output_size)
 
 
 class DetectionTask:
@@ -148,8 +157,8 @@ class DetectionTask:
         rois = sample.rois[:, :max_pos]
         classes = ops.maximum(sample.classes[:, :max_pos] - 1, 0)
         logits = select_class(mask_fn(rois), classes)
-        targets = crop_masks(inputs["masks"], ops.stop_gradient(rois),
-                             sample.matched[:, :max_pos], output_size=ops.shape(logits)[2])
+        targets = mask_targets(inputs, ops.stop_gradient(rois), sample.matched[:, :max_pos],
+                               output_size=ops.shape(logits)[2])
         targets = ops.cast(targets >= 0.5, "float32")
         return loss_lib.mask_loss(logits, targets, sample.is_pos[:, :max_pos])
 

@@ -62,17 +62,21 @@ def test_dangling_image_id_and_missing_file_fail(shapes_val, tmp_path):
 def test_resize_flip_pad_by_hand():
     image = np.zeros((50, 100, 3), np.uint8)
     masks = np.zeros((1, 50, 100), np.uint8)
-    masks[0, 10:20, 0:30] = 1
+    masks[0, 10:20, 0:15] = 1  # the left half of its 30x10 box
     example = {"image": image, "boxes": np.array([[0, 10, 30, 20]], np.float32),
                "classes": np.array([1], np.int32), "masks": masks,
                "image_id": np.int64(5)}
     # Fit (long 80, short 80): factor min(0.8, 1.6) = 0.8 -> 40x80, padded to 64x96.
-    out = resize_and_pad(example, (80, 80), 32, tf.constant(True))
-    assert out["images"].shape == (64, 96, 3) and out["masks"].shape == (1, 64, 96)
+    out = resize_and_pad(example, (80, 80), 32, tf.constant(True), mask_crop_size=10)
+    assert out["images"].shape == (64, 96, 3) and out["mask_crops"].shape == (1, 10, 10)
     np.testing.assert_allclose(out["scales"], [0.8, 0.8])
     np.testing.assert_allclose(out["boxes"], [[80 - 24, 8, 80, 16]])  # flipped in width 80
-    mask = np.asarray(out["masks"][0])
-    assert mask[8:16, 56:80].all() and mask.sum() == 8 * 24
+    # The crop samples the box at 10x10 cell centres: left half set, then flipped with it.
+    expected = np.zeros((10, 10), np.uint8)
+    expected[:, 5:] = 1
+    np.testing.assert_array_equal(out["mask_crops"][0], expected)
+    unflipped = resize_and_pad(example, (80, 80), 32, tf.constant(False), mask_crop_size=10)
+    np.testing.assert_array_equal(unflipped["mask_crops"][0], expected[:, ::-1])
 
 
 def test_image_without_objects():
@@ -80,7 +84,7 @@ def test_image_without_objects():
                "classes": np.zeros((0,), np.int32), "masks": np.zeros((0, 50, 70), np.uint8),
                "image_id": np.int64(1)}
     out = resize_and_pad(example, (140, 100), 32, None)
-    assert out["images"].shape == (128, 160, 3) and out["masks"].shape == (0, 128, 160)
+    assert out["images"].shape == (128, 160, 3) and out["mask_crops"].shape == (0, 112, 112)
 
 
 def test_dataset_batches_padded_ground_truth(shapes_val):
@@ -88,7 +92,7 @@ def test_dataset_batches_padded_ground_truth(shapes_val):
     batch = next(iter(build_dataset(dataset, batch_size=3, max_size=(128, 128),
                                     max_instances=8)))
     assert batch["images"].shape == (3, 128, 128, 3)
-    assert batch["boxes"].shape == (3, 8, 4) and batch["masks"].shape == (3, 8, 128, 128)
+    assert batch["boxes"].shape == (3, 8, 4) and batch["mask_crops"].shape == (3, 8, 112, 112)
     counts = (np.asarray(batch["classes"]) > 0).sum(1)
     np.testing.assert_array_equal(counts, [len(r.classes) for r in dataset.records[:3]])
 
@@ -169,22 +173,26 @@ def test_resize_flip_pad_semantic_by_hand():
 @pytest.mark.parametrize("training", [False, True])
 def test_semantic_maps_line_up_with_masks_in_batches(shapes_semantic, training):
     dataset = load_coco(*shapes_semantic[:2], semantic_dir=shapes_semantic[2])
-    # 128 -> 100 (a scale that is not a whole ratio), padded to 128: nearest sampling of the
-    # masks and of the semantic maps must pick the same source pixels.
+    # 128 -> 100 (a scale that is not a whole ratio), padded to 128; training flips some.
+    # Each mask crop, sampled back at its cell centres in the resized image, must land on
+    # its category in the semantic map (boundary cells may round to the ignore ring).
     batches = build_dataset(dataset, batch_size=3, max_size=(100, 100), max_instances=8,
-                            training=training, seed=1)
+                            training=training, seed=1, mask_crop_size=16)
     for batch in batches.take(2):
-        semantic, masks = np.asarray(batch["semantic"]), np.asarray(batch["masks"])
-        classes = np.asarray(batch["classes"])
+        semantic, crops = np.asarray(batch["semantic"]), np.asarray(batch["mask_crops"])
+        classes, boxes = np.asarray(batch["classes"]), np.asarray(batch["boxes"])
         assert semantic.shape == (3, 128, 128) and semantic.dtype == np.uint8
         assert (semantic[:, 100:] == 255).all() and (semantic[:, :, 100:] == 255).all()
         for i in range(3):
-            for mask, category in zip(masks[i], classes[i], strict=True):
-                if category:
-                    assert mask.sum() > 0
-                    np.testing.assert_array_equal(semantic[i][mask > 0], category)
-            background = (masks[i].sum(0) == 0)[:100, :100]
-            assert set(np.unique(semantic[i, :100, :100][background])) == {0, 255}
+            for crop, category, box in zip(crops[i], classes[i], boxes[i], strict=True):
+                if not category:
+                    continue
+                centres = (np.arange(16) + 0.5) / 16
+                xs = np.floor(box[0] + centres * (box[2] - box[0])).astype(int)
+                ys = np.floor(box[1] + centres * (box[3] - box[1])).astype(int)
+                labels = semantic[i][np.ix_(ys, xs)][crop > 0]
+                assert crop.sum() > 0 and np.mean(labels == category) > 0.9
+                assert set(np.unique(labels)) <= {category, 255}
 
 
 def test_batches_have_no_semantic_key_without_maps(shapes_val):

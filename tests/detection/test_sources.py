@@ -17,6 +17,7 @@ from mock_coco import coco_examples
 from keras_res2net.detection import configs, trainer
 from keras_res2net.detection.data import sources, tf_example
 from keras_res2net.detection.data.coco import load_coco
+from keras_res2net.detection.data.pipeline import decode_record
 
 
 def test_tfrecord_source_maps_category_ids(shapes_val, tmp_path):
@@ -58,7 +59,7 @@ def test_only_the_coco_json_source_reads_semantic_maps(shapes_semantic):
     config.data.train_json, config.data.train_images = json_path.name, images.name
     config.data.train_semantic = semantic.name
     source = sources.open_source("coco_json", config, json_path.parent)
-    example = next(iter(source.raw()))
+    example = decode_record(next(iter(source.raw())))  # records decode after shuffling
     assert example["semantic"].shape == (128, 128) and example["semantic"].dtype == "uint8"
     np.testing.assert_array_equal(example["semantic"],
                                   load_coco(json_path, images, semantic_dir=semantic)

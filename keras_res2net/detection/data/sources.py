@@ -1,7 +1,9 @@
 """Where training examples come from: COCO JSON + images, TFDS `coco/2017`, or TFRecords.
 
-Each source yields raw examples (`{"image", "boxes", "classes", "masks", "image_id"}`, see
-`pipeline.raw_dataset`) as a fresh `tf.data.Dataset` on every call, so that each input
+Each source yields raw examples (`{"image", "boxes", "classes", "masks" or "mask_crops",
+"image_id"}`, see `pipeline.raw_dataset`; the COCO JSON source yields undecoded
+`pipeline.record_dataset` records, decoded after shuffling) as a fresh `tf.data.Dataset` on
+every call, so that each input
 pipeline of a `tf.distribute` strategy can build (and shard) its own. `num_examples` sets the
 length of an epoch when it is known. Only the COCO JSON source reads semantic maps
 (`DataConfig.train_semantic`, HTC's semantic branch); TFDS and TFRecord sources refuse a
@@ -44,19 +46,40 @@ def _refuse_semantic(config: ExperimentConfig, kind: str) -> None:
                          "them from that folder, or train without the semantic branch.")
 
 
-def coco_json_source(config: ExperimentConfig, data_dir) -> TrainSource:
+def coco_json_source(config: ExperimentConfig, data_dir, *, check_images: bool = True,
+                     skip_bad_images: bool = False) -> TrainSource:
     """The experiment's training JSON and image folder (and semantic maps, when configured)
-    under `data_dir`, checked up front."""
+    under `data_dir`, checked up front: the annotations by `load_coco`, and with
+    `check_images` every image decoded once (`image_check`; `skip_bad_images` leaves the bad
+    ones out instead of stopping)."""
+    from keras_res2net.detection.data import image_check
     from keras_res2net.detection.data.coco import load_coco
-    from keras_res2net.detection.data.pipeline import raw_dataset
+    from keras_res2net.detection.data.pipeline import record_dataset
 
     data = config.data
     dataset = load_coco(Path(data_dir) / data.train_json, Path(data_dir) / data.train_images,
                         needs_masks=config.model.include_mask,
                         semantic_dir=semantic_dir(config, data_dir))
+    if check_images:
+        dataset = image_check.check_images(dataset, skip_bad=skip_bad_images)
+    record_dataset(dataset, data.max_instances)  # refuses too many objects now
     count = len(dataset.records)
-    return TrainSource("coco_json", lambda: raw_dataset(dataset, data.max_instances), count,
+    return TrainSource("coco_json", lambda: record_dataset(dataset, data.max_instances), count,
                        cacheable=count <= 5000)
+
+
+def check_eval_data(config: ExperimentConfig, data_dir, *, check_images: bool = True) -> None:
+    """Refuse a bad validation split (annotations, and images when `check_images`) before
+    any model is built or trained: the evaluation reads it only at the end."""
+    from keras_res2net.detection.data import image_check
+    from keras_res2net.detection.data.coco import load_coco
+
+    data = config.data
+    dataset = load_coco(Path(data_dir) / data.val_json, Path(data_dir) / data.val_images,
+                        needs_masks=config.model.include_mask,
+                        semantic_dir=semantic_dir(config, data_dir, training=False))
+    if check_images:
+        image_check.check_images(dataset)
 
 
 def tfds_source(config: ExperimentConfig, data_dir, split: str = "train",
@@ -112,10 +135,12 @@ def tfrecord_source(config: ExperimentConfig, data_dir,
 
 def open_source(kind: str, config: ExperimentConfig, data_dir, *,
                 tfds_split: str = "train", tfds_name: str = "coco/2017",
-                tfrecord_pattern: str | None = None) -> TrainSource:
-    """The `TrainSource` of `--data kind`."""
+                tfrecord_pattern: str | None = None, check_images: bool = True,
+                skip_bad_images: bool = False) -> TrainSource:
+    """The `TrainSource` of `--data kind` (`check_images`, `skip_bad_images`: coco_json)."""
     if kind == "coco_json":
-        return coco_json_source(config, data_dir)
+        return coco_json_source(config, data_dir, check_images=check_images,
+                                skip_bad_images=skip_bad_images)
     if kind == "tfds":
         return tfds_source(config, data_dir, tfds_split, tfds_name)
     if kind == "tfrecord":

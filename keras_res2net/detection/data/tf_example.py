@@ -4,7 +4,8 @@ The keys are those of the Model Garden's `create_coco_tf_record.py` / `TfExample
 `image/encoded`, `image/height`, `image/width`, `image/source_id`, normalised
 `image/object/bbox/{xmin,ymin,xmax,ymax}`, `image/object/class/label`,
 `image/object/is_crowd` and PNG-encoded `image/object/mask`. The decoder yields the raw
-examples the input pipeline takes, with crowd objects left out as in training.
+examples the input pipeline takes, with crowd objects left out as in training and each mask
+decoded and cropped to its box one at a time (`instance_masks`), never all at full size.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_res2net.detection.data.coco import CocoDataset
+from keras_res2net.detection.data.instance_masks import MASK_CROP_SIZE, crop_mask_to_box
 
 
 def _bytes(values):
@@ -73,8 +75,8 @@ _FEATURES = {
 }
 
 
-def decode(serialized, category_ids) -> dict:
-    """One serialized Example -> `{"image", "boxes", "classes", "masks", "image_id"}`.
+def decode(serialized, category_ids, mask_crop_size: int = MASK_CROP_SIZE) -> dict:
+    """One serialized Example -> `{"image", "boxes", "classes", "mask_crops", "image_id"}`.
 
     `category_ids` (sorted dataset category ids) maps labels to contiguous classes 1..K.
     """
@@ -94,13 +96,14 @@ def decode(serialized, category_ids) -> dict:
     tf.debugging.assert_equal(tf.reduce_all(tf.reduce_any(
         tf.equal(labels[:, None], table[None]), axis=1)), True,
         message="a label is not among the category ids")
-    masks = tf.map_fn(lambda png: tf.io.decode_png(png, channels=1)[..., 0],
-                      dense["image/object/mask"],
-                      fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
-    masks = tf.reshape(masks, [-1, tf.shape(image)[0], tf.shape(image)[1]])
+    crops = tf.map_fn(
+        lambda args: crop_mask_to_box(tf.cast(tf.io.decode_png(args[0], channels=1)[..., 0] > 0,
+                                              tf.uint8), args[1], mask_crop_size),
+        (dense["image/object/mask"], boxes),
+        fn_output_signature=tf.TensorSpec([mask_crop_size, mask_crop_size], tf.uint8))
     return {"image": image, "boxes": tf.boolean_mask(boxes, keep),
             "classes": tf.boolean_mask(classes, keep),
-            "masks": tf.cast(tf.boolean_mask(masks, keep) > 0, tf.uint8),
+            "mask_crops": tf.boolean_mask(crops, keep),
             "image_id": tf.strings.to_number(dense["image/source_id"], tf.int64)}
 
 

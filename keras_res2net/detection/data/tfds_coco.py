@@ -2,8 +2,9 @@
 
 TFDS stores boxes as normalised (ymin, xmin, ymax, xmax) and labels as 0-based indices into
 its 80 names; this converts them to pixel xyxy boxes and classes 1..80, leaves crowd
-objects out (mmdetection ignores them in training) and supplies empty masks: TFDS COCO has
-no instance masks, so it feeds Faster R-CNN; Mask R-CNN needs the COCO JSON files.
+objects out (mmdetection ignores them in training) and carries no masks (the pipeline gives
+such examples empty mask crops): TFDS COCO has no instance masks, so it feeds Faster R-CNN;
+Mask R-CNN needs the COCO JSON files.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import tensorflow as tf
 
 
 def to_example(features: dict) -> dict:
-    """One TFDS COCO example -> `{"image", "boxes", "classes", "masks", "image_id"}`."""
+    """One TFDS COCO example -> `{"image", "boxes", "classes", "image_id"}` (no masks)."""
     image = features["image"]
     objects = features["objects"]
     size = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -21,9 +22,8 @@ def to_example(features: dict) -> dict:
     boxes = tf.stack([bbox[:, 1] * size[1], bbox[:, 0] * size[0],
                       bbox[:, 3] * size[1], bbox[:, 2] * size[0]], axis=-1)
     classes = tf.cast(tf.boolean_mask(objects["label"], keep), tf.int32) + 1
-    masks = tf.zeros([tf.shape(classes)[0], tf.shape(image)[0], tf.shape(image)[1]], tf.uint8)
     return {"image": tf.cast(image, tf.uint8), "boxes": boxes, "classes": classes,
-            "masks": masks, "image_id": tf.cast(features["image/id"], tf.int64)}
+            "image_id": tf.cast(features["image/id"], tf.int64)}
 
 
 def load(split: str, data_dir: str | None = None, name: str = "coco/2017",

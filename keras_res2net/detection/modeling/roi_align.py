@@ -217,3 +217,41 @@ def crop_masks(masks, boxes, gt_index, *, output_size: int):
                            ops.ones((count,), dtype="float32"), ops.reshape(boxes, (-1, 4)),
                            output_size, 2)
     return ops.reshape(crops, (batch, num_boxes, output_size, output_size))
+
+
+CROP_PAD = 2  # zero pixels around each mask crop: samples past its box read 0 (Model Garden)
+
+
+def crop_box_masks(mask_crops, crop_boxes, rois, gt_index, *, output_size: int,
+                   sampling_ratio: int = 2):
+    """Mask targets from per-instance crops: RoIAlign of each RoI's ground-truth crop.
+
+    `mask_crops` (B, M, S, S) holds ground truth m's mask resampled over its box
+    `crop_boxes[b, m]` (image pixels); RoI (B, N, 4) `rois` with `gt_index` (B, N) is mapped
+    into its crop's frame, `(x - x1) * S / (x2 - x1)`, and pooled there, as `crop_masks`
+    pools a full-image mask (the pipeline carries crops, see `data.instance_masks`). Model
+    Garden's `crop_mask_in_target_box`, with this module's pixel-aligned RoIAlign.
+    Returns (B, N, output_size, output_size) in [0, 1].
+    """
+    shape = ops.shape(mask_crops)
+    batch, num_gt, size = shape[0], shape[1], shape[2]
+    side = size + 2 * CROP_PAD
+    padded = ops.pad(ops.cast(mask_crops, "float32"),
+                     [[0, 0], [0, 0], [CROP_PAD, CROP_PAD], [CROP_PAD, CROP_PAD]])
+    gt_index = ops.cast(gt_index, "int32")
+    boxes = ops.take_along_axis(ops.cast(crop_boxes, "float32"), gt_index[..., None], axis=1)
+    rois = ops.cast(rois, "float32")
+    scale_x = ops.cast(size, "float32") / ops.maximum(boxes[..., 2] - boxes[..., 0], 1e-6)
+    scale_y = ops.cast(size, "float32") / ops.maximum(boxes[..., 3] - boxes[..., 1], 1e-6)
+    local = ops.stack([(rois[..., 0] - boxes[..., 0]) * scale_x,
+                       (rois[..., 1] - boxes[..., 1]) * scale_y,
+                       (rois[..., 2] - boxes[..., 0]) * scale_x,
+                       (rois[..., 3] - boxes[..., 1]) * scale_y], axis=-1) + CROP_PAD
+    image = ops.arange(batch, dtype="int32")[:, None] * num_gt + gt_index
+    offsets = ops.reshape(image, (-1,)) * (side * side)
+    count = ops.shape(offsets)[0]
+    ones = ops.ones((count,), dtype="int32")
+    crops = roi_align_flat(ops.reshape(padded, (-1, 1)), offsets, ones * side, ones * side,
+                           ops.ones((count,), dtype="float32"), ops.reshape(local, (-1, 4)),
+                           output_size, sampling_ratio)
+    return ops.reshape(crops, (batch, ops.shape(rois)[1], output_size, output_size))
