@@ -162,6 +162,10 @@ class DataConfig:
     max_instances: int = 100
     random_flip: bool = True
     batch_size: int = 16  # global
+    # mmdetection's training filter_cfg: images without annotations, or with a side under
+    # `min_image_size` pixels, are left out of training (never of evaluation).
+    filter_empty_gt: bool = True
+    min_image_size: int = 32
 
 
 @dataclasses.dataclass

@@ -61,7 +61,9 @@ class DetectionTask:
                              else (data.val_json, data.val_images))
         return load_coco(Path(data_dir) / json_path, Path(data_dir) / images,
                          needs_masks=self.config.model.include_mask,
-                         semantic_dir=semantic_dir(self.config, data_dir, training))
+                         semantic_dir=semantic_dir(self.config, data_dir, training),
+                         filter_empty_gt=training and data.filter_empty_gt,
+                         min_size=data.min_image_size if training else 0)
 
     def build_inputs(self, dataset: CocoDataset, training: bool,
                      batch_size: int | None = None) -> tf.data.Dataset:

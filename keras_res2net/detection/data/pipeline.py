@@ -1,13 +1,14 @@
 """The tf.data input pipeline: decode, resize to fit, random flip, pad to a multiple of 32.
 
 mmdetection's transforms: the image is resized (bilinear) by the largest factor that fits
-`max_size` (long side, short side) keeping the aspect ratio; masks follow with nearest
-neighbour, boxes are scaled; training flips horizontally with probability 0.5; images are
-padded bottom/right to a multiple of `size_divisor`. Ground truth is padded to
-`max_instances` rows (class 0 = padding); "image_sizes" keeps each image's resized (height,
-width), so the model can zero the padding after normalising and clip boxes per image as
-mmdetection does. An optional semantic label map (example key
-"semantic", (H, W) uint8) follows the masks (nearest neighbour, flip) and is padded with
+`max_size` (long side, short side) keeping the aspect ratio; masks follow with OpenCV's
+nearest neighbour (`mmdet_rules.resize_nearest`), boxes are scaled and clipped to the
+image; training flips horizontally with probability 0.5; images are padded bottom/right to
+a multiple of `size_divisor`. Ground truth is padded to `max_instances` rows (class 0 =
+padding); "image_sizes" keeps each image's resized (height, width), so the model can zero
+the padding after normalising and clip boxes per image as mmdetection does. An optional
+semantic label map (example key "semantic", (H, W) uint8) follows the masks (nearest
+neighbour, flip) and is padded with
 `SEMANTIC_IGNORE` (mmdetection's `seg_pad_val=255`), in the image and in the batch.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_res2net.detection.data.coco import SEMANTIC_IGNORE, CocoDataset
+from keras_res2net.detection.data.mmdet_rules import clip_boxes, resize_nearest
 
 
 def _has_semantic(dataset: CocoDataset) -> bool:
@@ -75,11 +77,12 @@ def resize_and_pad(example: dict, max_size, size_divisor: int, flip) -> dict:
     masks = tf.transpose(example["masks"], [1, 2, 0])
     blank = tf.zeros(tf.concat([tf.shape(masks)[:2], [1]], axis=0), masks.dtype)
     masks = tf.concat([masks, blank], axis=-1)
-    masks = tf.image.resize(masks, new_size, method="nearest")
+    masks = resize_nearest(masks, new_size)
     boxes = example["boxes"] * tf.stack([scales[1], scales[0], scales[1], scales[0]])
+    boxes = clip_boxes(boxes, new_size)
     semantic = example.get("semantic")
     if semantic is not None:
-        semantic = tf.image.resize(semantic[..., None], new_size, method="nearest")[..., 0]
+        semantic = resize_nearest(semantic, new_size)
     if flip is not None:
         width = tf.cast(new_size[1], tf.float32)
         image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)

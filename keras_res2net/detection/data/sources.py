@@ -53,7 +53,8 @@ def coco_json_source(config: ExperimentConfig, data_dir) -> TrainSource:
     data = config.data
     dataset = load_coco(Path(data_dir) / data.train_json, Path(data_dir) / data.train_images,
                         needs_masks=config.model.include_mask,
-                        semantic_dir=semantic_dir(config, data_dir))
+                        semantic_dir=semantic_dir(config, data_dir),
+                        filter_empty_gt=data.filter_empty_gt, min_size=data.min_image_size)
     count = len(dataset.records)
     return TrainSource("coco_json", lambda: raw_dataset(dataset, data.max_instances), count,
                        cacheable=count <= 5000)
