@@ -3,8 +3,14 @@
 import math
 
 import numpy as np
+import pytest
 
-from keras_res2net.detection.modeling.anchors import base_anchors, level_anchors
+from keras_res2net.detection.modeling.anchors import (
+    base_anchors,
+    level_anchors,
+    multilevel_anchors,
+)
+from keras_res2net.detection.targets import anchor_valid_flags
 
 R = math.sqrt(2.0)
 
@@ -24,3 +30,43 @@ def test_level_anchors_order_and_shift():
     # centred on (x * stride, y * stride) = (8, 4).
     np.testing.assert_allclose(anchors[16], [8 - 16, 4 - 16, 8 + 16, 4 + 16])
     np.testing.assert_allclose(anchors[0], [-16 * R, -8 * R, 16 * R, 8 * R], rtol=1e-6)
+
+
+def _mmdet_flags(feature_sizes, strides, num_base, image_size, size_divisor, allowed_border,
+                 anchors):
+    """A loop port of mmdetection's `AnchorGenerator.valid_flags` (per-image `pad_shape`)
+    and `anchor_inside_flags` (`img_shape`, `allowed_border`)."""
+    height, width = image_size
+    pad_h = math.ceil(height / size_divisor) * size_divisor
+    pad_w = math.ceil(width / size_divisor) * size_divisor
+    flags = []
+    for (feat_h, feat_w), stride in zip(feature_sizes, strides, strict=True):
+        valid_h = min(math.ceil(pad_h / stride), feat_h)
+        valid_w = min(math.ceil(pad_w / stride), feat_w)
+        for y in range(feat_h):
+            for x in range(feat_w):
+                flags += [y < valid_h and x < valid_w] * num_base
+    flags = np.array(flags)
+    if allowed_border >= 0:
+        flags &= ((anchors[:, 0] >= -allowed_border) & (anchors[:, 1] >= -allowed_border)
+                  & (anchors[:, 2] < width + allowed_border)
+                  & (anchors[:, 3] < height + allowed_border))
+    return flags
+
+
+@pytest.mark.parametrize("allowed_border", [-1, 0, 5])
+def test_anchor_valid_flags_match_mmdetection(allowed_border):
+    # A 160x128 batch: image 0 fills it, image 1 is 61x70 (padded to 64x96 on its own), so
+    # the cells of its rows >= 64 px and columns >= 96 px lie on the batch padding.
+    strides = {"P2": 4, "P3": 8, "P4": 16, "P5": 32, "P6": 64}
+    shapes = {"P2": (40, 32), "P3": (20, 16), "P4": (10, 8), "P5": (5, 4), "P6": (3, 2)}
+    anchors = multilevel_anchors(shapes, strides, (8,), (0.5, 1.0, 2.0))
+    sizes = np.array([[160, 128], [61, 70]], np.float32)
+    flags = np.asarray(anchor_valid_flags(anchors, strides, sizes, 32, allowed_border))
+    every = np.concatenate([np.asarray(a) for a in anchors.values()])
+    for image in range(2):
+        expected = _mmdet_flags(list(shapes.values()), list(strides.values()), 3,
+                                sizes[image], 32, allowed_border, every)
+        np.testing.assert_array_equal(flags[image], expected)
+    assert flags[0].all() if allowed_border < 0 else not flags[0].all()
+    assert not flags[1].all() and flags[1].any()

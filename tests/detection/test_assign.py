@@ -53,3 +53,38 @@ def test_sample_indices_put_positives_first():
     np.testing.assert_array_equal(is_pos, [[True, True, False, False]])
     assert set(index[0, :2]) <= {2, 4, 7} and set(index[0, 2:]) <= {0, 3, 5, 6}
     assert np.asarray(is_sampled).all()
+
+
+def test_invalid_boxes_are_ignored_and_never_a_best_match():
+    # Anchor 4 is gt 2's only overlap: when it is invalid (on the padding, or across the
+    # border) gt 2 gets no low-quality match and anchor 4 is ignored, not negative.
+    box_valid = np.array([[True, True, False, True, False]])
+    labels, _, _ = assign(ANCHORS, GT, VALID, pos_iou=0.7, neg_iou=0.3, min_pos_iou=0.3,
+                          low_quality_matches=True, box_valid=box_valid)
+    np.testing.assert_array_equal(labels, [[1, -1, -1, 1, -1]])
+    # A valid, worse anchor then becomes gt 2's best match.
+    anchors = np.concatenate([ANCHORS, np.float32([[[50, 52, 60, 75]]])], axis=1)
+    labels, matched, _ = assign(anchors, GT, VALID, pos_iou=0.7, neg_iou=0.3,
+                                min_pos_iou=0.3, low_quality_matches=True,
+                                box_valid=np.concatenate([box_valid, [[True]]], axis=1))
+    np.testing.assert_array_equal(labels, [[1, -1, -1, 1, -1, 1]])
+    assert matched[0, 5] == 2
+
+
+def test_mask_rcnn_low_quality_matching_of_rois():
+    # Two ground truths with the same box (classes 1 and 2): mmdetection's Mask R-CNN
+    # assigner (match_low_quality=True, min_pos_iou=0.5) loops over them, the last wins;
+    # plain max-IoU matching keeps the first. A 0.4-IoU RoI stays negative either way.
+    from keras_res2net.detection.targets import sample_rois
+
+    gt = np.float32([[[0, 0, 10, 10], [0, 0, 10, 10]]])
+    rois = np.float32([[[0, 0, 10, 10], [0, 0, 10, 4]]])
+    kwargs = dict(iou=0.5, num_samples=8, pos_fraction=0.5, stds=(0.1, 0.1, 0.2, 0.2),
+                  seed=0)
+    for low_quality, expected in ((False, 1), (True, 2)):
+        sample = sample_rois(rois, np.array([[True, True]]), gt, np.array([[1, 2]]),
+                             np.array([[True, True]]), low_quality_matches=low_quality,
+                             **kwargs)
+        classes = np.asarray(sample.classes)[np.asarray(sample.is_pos)]
+        assert len(classes) == 3 and (classes == expected).all()
+        assert np.asarray(sample.is_sampled).sum() == 4
