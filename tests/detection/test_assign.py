@@ -78,13 +78,13 @@ def test_mask_rcnn_low_quality_matching_of_rois():
     from keras_res2net.detection.targets import sample_rois
 
     gt = np.float32([[[0, 0, 10, 10], [0, 0, 10, 10]]])
-    rois = np.float32([[[0, 0, 10, 10], [0, 0, 10, 4]]])
+    rois = np.float32([[[0, 0, 10, 10], [0, 0, 10, 4], *[[20, 20, 30, 30]] * 4]])
     kwargs = dict(iou=0.5, num_samples=8, pos_fraction=0.5, stds=(0.1, 0.1, 0.2, 0.2),
                   seed=0)
     for low_quality, expected in ((False, 1), (True, 2)):
-        sample = sample_rois(rois, np.array([[True, True]]), gt, np.array([[1, 2]]),
+        sample = sample_rois(rois, np.ones((1, 6), bool), gt, np.array([[1, 2]]),
                              np.array([[True, True]]), low_quality_matches=low_quality,
                              **kwargs)
         classes = np.asarray(sample.classes)[np.asarray(sample.is_pos)]
         assert len(classes) == 3 and (classes == expected).all()
-        assert np.asarray(sample.is_sampled).sum() == 4
+        assert np.asarray(sample.is_sampled).sum() == 8
