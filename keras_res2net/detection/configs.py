@@ -180,6 +180,9 @@ class TrainConfig:
     learning_rate: float = 0.02  # per 16 images, linearly scaled with the batch size
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    # SGD's decay: "coupled" (PyTorch's SGD, mmdetection: added to the gradient before the
+    # momentum) or "decoupled" (Keras' form: `w -= lr * decay * w`, ~10x weaker at 0.9).
+    weight_decay_form: str = "coupled"
     warmup_steps: int = 500
     warmup_ratio: float = 0.001
     epochs: int = 24

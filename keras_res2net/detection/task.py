@@ -30,6 +30,7 @@ from keras_res2net.detection.modeling.roi_align import crop_masks
 from keras_res2net.detection.ops.masks import paste_masks
 from keras_res2net.detection.schedules import WarmupStepDecay
 from keras_res2net.detection.targets import RoiSample, rpn_targets, sample_rois
+from keras_res2net.training.optim import TorchSGD
 
 
 def model_inputs(batch: dict) -> dict:
@@ -72,7 +73,8 @@ class DetectionTask:
                              cache=len(dataset.records) <= 5000, seed=self.config.train.seed)
 
     def build_optimizer(self) -> keras.optimizers.Optimizer:
-        """SGD with momentum; the learning rate scales linearly from its per-16-image base."""
+        """SGD with momentum, updating as PyTorch's (mmdetection's) does, weight decay
+        coupled by default; the learning rate scales linearly from its per-16-image base."""
         train = self.config.train
         base = train.learning_rate * self.config.data.batch_size / 16.0
         decay = train.decay_steps
@@ -83,8 +85,8 @@ class DetectionTask:
             return keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay)
         if train.optimizer != "sgd":
             raise ValueError(f"optimizer must be 'sgd' or 'adamw'; got {train.optimizer!r}.")
-        return keras.optimizers.SGD(schedule, momentum=train.momentum,
-                                    weight_decay=train.weight_decay)
+        return TorchSGD(schedule, momentum=train.momentum, weight_decay=train.weight_decay,
+                        decay=train.weight_decay_form)
 
     # -- losses ---------------------------------------------------------------------------
     def build_losses(self, model: TwoStageDetector, inputs: dict, training: bool = True) -> dict:
