@@ -70,3 +70,33 @@ def test_anchor_valid_flags_match_mmdetection(allowed_border):
         np.testing.assert_array_equal(flags[image], expected)
     assert flags[0].all() if allowed_border < 0 else not flags[0].all()
     assert not flags[1].all() and flags[1].any()
+
+
+@pytest.mark.parametrize("experiment", ["mask_rcnn_res2net50_fpn_synthetic",
+                                        "cascade_rcnn_res2net50_fpn_synthetic"])
+def test_rpn_loss_never_samples_invalid_anchors(experiment):
+    """Objectness logits of +100 on the anchors mmdetection leaves out, 0 elsewhere, and no
+    objects: only valid anchors are sampled (as negatives), so the loss is exactly log 2."""
+    from keras_res2net.detection.configs import get_experiment
+    from keras_res2net.detection.task import DetectionTask
+
+    config = get_experiment(experiment)
+    strides = config.model.anchors.strides
+    shapes = {"P2": (16, 16), "P3": (8, 8), "P4": (4, 4), "P5": (2, 2), "P6": (1, 1)}
+    anchors = multilevel_anchors(shapes, strides, config.model.anchors.scales,
+                                 config.model.anchors.ratios)
+    every = np.concatenate([np.asarray(a) for a in anchors.values()])
+    sizes = np.array([[64, 64], [20, 30]], np.float32)  # image 1: its own padding 32x32
+    num_base = len(config.model.anchors.scales) * len(config.model.anchors.ratios)
+    valid = np.stack([_mmdet_flags(list(shapes.values()), list(strides.values()), num_base,
+                                   size, 32, config.model.rpn.allowed_border, every)
+                      for size in sizes])
+    assert not valid.all()
+    logits = np.where(valid, 0.0, 100.0).astype(np.float32)
+    split = np.cumsum([h * w * num_base for h, w in shapes.values()])[:-1]
+    scores = dict(zip(shapes, np.split(logits, split, axis=1), strict=True))
+    deltas = {lv: np.zeros((*s.shape, 4), np.float32) for lv, s in scores.items()}
+    gt = (np.zeros((2, 3, 4), np.float32), np.zeros((2, 3), np.int32), np.zeros((2, 3), bool))
+    losses = DetectionTask(config)._rpn_losses(scores, deltas, anchors, gt, sizes)
+    np.testing.assert_allclose(float(losses["rpn_cls_loss"]), np.log(2.0), rtol=1e-5)
+    assert float(losses["rpn_box_loss"]) == 0.0
