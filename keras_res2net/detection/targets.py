@@ -9,9 +9,9 @@ HTC configs use 0), only anchors inside the image; they are assigned with low-qu
 Second stage (`sample_rois`): assign RoIs to ground truth, sample them, encode boxes.
 
 One function serves Mask R-CNN's single box stage and every cascade stage (each with its own
-IoU threshold and box stds): the ground-truth boxes are appended to the candidate RoIs
-(mmdetection's `add_gt_as_proposals`), candidates are matched by max IoU (with low-quality
-matches for Mask R-CNN's stage, as its config; none for Faster R-CNN and the cascades), and
+IoU threshold and box stds): the RoIs are matched by max IoU (with low-quality matches for
+Mask R-CNN's stage, as its config; none for Faster R-CNN and the cascades), the ground-truth
+boxes join them as positives of their own objects (mmdetection's `add_gt_as_proposals`), and
 a fixed number is sampled, positives first. `is_gt` marks the
 sampled RoIs that are ground-truth boxes, which a cascade drops before the next stage.
 """
@@ -107,16 +107,20 @@ def rpn_targets(anchors: dict, strides: dict, gt_boxes, gt_valid, image_sizes, *
 def sample_rois(rois, roi_valid, gt_boxes, gt_classes, gt_valid, *, iou: float,
                 num_samples: int, pos_fraction: float, stds, seed=None,
                 low_quality_matches: bool = False) -> RoiSample:
-    """Assign `rois` (B, P, 4) plus the ground truth at `iou`, sample `num_samples`.
+    """Assign `rois` (B, P, 4) at `iou`, add the ground truth, sample `num_samples`.
 
-    `low_quality_matches` as mmdetection's Mask R-CNN R-CNN assigner (`min_pos_iou=iou`)."""
-    candidates = ops.concatenate([rois, gt_boxes], axis=1)
-    valid = ops.concatenate([roi_valid, gt_valid], axis=1)
-    from_gt = ops.concatenate([ops.zeros_like(roi_valid), gt_valid], axis=1)
-    labels, matched, _ = assign(candidates, gt_boxes, gt_valid, pos_iou=iou, neg_iou=iou,
+    As mmdetection's sampler with `add_gt_as_proposals`: the assigner sees the RoIs alone
+    (`low_quality_matches`, with `min_pos_iou=iou`, as Mask R-CNN's R-CNN assigner), then
+    each ground-truth box joins the candidates as a positive of its own object."""
+    labels, matched, _ = assign(rois, gt_boxes, gt_valid, pos_iou=iou, neg_iou=iou,
                                 min_pos_iou=iou, low_quality_matches=low_quality_matches,
-                                box_valid=valid)
-    labels = ops.where(valid, labels, -1)
+                                box_valid=roi_valid)
+    num_gt = ops.shape(gt_boxes)[1]
+    own = ops.broadcast_to(ops.arange(num_gt, dtype="int32")[None], ops.shape(gt_valid))
+    candidates = ops.concatenate([rois, gt_boxes], axis=1)
+    labels = ops.concatenate([labels, ops.where(gt_valid, 1, -1)], axis=1)
+    matched = ops.concatenate([matched, own], axis=1)
+    from_gt = ops.concatenate([ops.zeros_like(roi_valid), gt_valid], axis=1)
     index, is_pos, is_sampled = sample_indices(labels, num_samples, pos_fraction, seed)
     sampled_rois = gather_rows(candidates, index)
     matched = gather_rows(matched, index)

@@ -71,20 +71,24 @@ def test_invalid_boxes_are_ignored_and_never_a_best_match():
     assert matched[0, 5] == 2
 
 
-def test_mask_rcnn_low_quality_matching_of_rois():
-    # Two ground truths with the same box (classes 1 and 2): mmdetection's Mask R-CNN
-    # assigner (match_low_quality=True, min_pos_iou=0.5) loops over them, the last wins;
-    # plain max-IoU matching keeps the first. A 0.4-IoU RoI stays negative either way.
+def test_rois_are_assigned_alone_then_the_ground_truth_added():
+    # mmdetection's sampler: the assigner sees the proposals alone, then each ground truth
+    # joins as a positive of its own object. Proposal 0 overlaps gt A 0.714 and gt B 0.7;
+    # it is B's best proposal, so Mask R-CNN's low-quality matching (min_pos_iou 0.5) gives
+    # it to B. Were the ground truths candidates of the assigner, B's best would be B itself.
     from keras_res2net.detection.targets import sample_rois
 
-    gt = np.float32([[[0, 0, 10, 10], [0, 0, 10, 10]]])
-    rois = np.float32([[[0, 0, 10, 10], [0, 0, 10, 4], *[[20, 20, 30, 30]] * 4]])
+    gt = np.float32([[[0, 0, 10, 10], [0, 0, 10, 20]]])
+    rois = np.float32([[[0, 0, 10, 14], *[[30, 30, 40, 40]] * 5]])
     kwargs = dict(iou=0.5, num_samples=8, pos_fraction=0.5, stds=(0.1, 0.1, 0.2, 0.2),
                   seed=0)
     for low_quality, expected in ((False, 1), (True, 2)):
         sample = sample_rois(rois, np.ones((1, 6), bool), gt, np.array([[1, 2]]),
                              np.array([[True, True]]), low_quality_matches=low_quality,
                              **kwargs)
-        classes = np.asarray(sample.classes)[np.asarray(sample.is_pos)]
-        assert len(classes) == 3 and (classes == expected).all()
-        assert np.asarray(sample.is_sampled).sum() == 8
+        is_pos, is_gt = np.asarray(sample.is_pos)[0], np.asarray(sample.is_gt)[0]
+        classes = np.asarray(sample.classes)[0]
+        assert is_pos.sum() == 3 and np.asarray(sample.is_sampled).sum() == 8
+        assert sorted(classes[is_gt]) == [1, 2]  # each ground truth: its own class
+        assert classes[is_pos & ~is_gt].tolist() == [expected]
+        np.testing.assert_allclose(np.asarray(sample.box_targets)[0][is_gt], 0.0, atol=1e-6)
