@@ -1,8 +1,9 @@
 """Losses of the two stages, with mmdetection's normalisations.
 
 RPN: sigmoid cross-entropy over sampled anchors and L1 on positive deltas, both divided by
-the number of sampled anchors. Box head: softmax cross-entropy over sampled RoIs and L1 on
-the positive RoIs' target-class deltas, both divided by the number of sampled RoIs. Mask:
+mmdetection's `avg_factor`, the sum over images of `max(positives, 1) + max(negatives, 1)`.
+Box head: softmax cross-entropy over sampled RoIs and L1 on the positive RoIs' target-class
+deltas, both divided by the number of sampled RoIs. Mask:
 per-pixel sigmoid cross-entropy of the target-class mask, averaged over positive RoIs.
 `smooth_l1_beta > 0` turns the box L1 into smooth L1 (the cascades' choice).
 Semantic (HTC): per-pixel softmax cross-entropy averaged over all pixels, ignored ones
@@ -18,6 +19,12 @@ def _safe_count(mask):
     return ops.maximum(ops.sum(ops.cast(mask, "float32")), 1.0)
 
 
+def _per_image_count(mask):
+    """(B,) count of each image's entries of a (B, N) mask, at least 1 (mmdetection's
+    `SamplingResult.num_pos` / `num_neg`)."""
+    return ops.maximum(ops.sum(ops.cast(mask, "float32"), axis=1), 1.0)
+
+
 def box_distance(deltas, target_deltas, smooth_l1_beta: float = 0.0):
     """Per-box sum over the 4 coordinates of L1, or smooth L1 when `smooth_l1_beta > 0`."""
     diff = ops.abs(deltas - target_deltas)
@@ -31,7 +38,7 @@ def rpn_losses(logits, deltas, target_deltas, positives, negatives,
                smooth_l1_beta: float = 0.0):
     """`(objectness, box)` losses; inputs flattened over levels: (B, A) and (B, A, 4)."""
     sampled = positives | negatives
-    count = _safe_count(sampled)
+    count = ops.sum(_per_image_count(positives) + _per_image_count(negatives))
     labels = ops.cast(positives, "float32")
     bce = ops.maximum(logits, 0.0) - logits * labels + ops.log1p(ops.exp(-ops.abs(logits)))
     cls_loss = ops.sum(bce * ops.cast(sampled, "float32")) / count

@@ -76,7 +76,8 @@ def test_anchor_valid_flags_match_mmdetection(allowed_border):
                                         "cascade_rcnn_res2net50_fpn_synthetic"])
 def test_rpn_loss_never_samples_invalid_anchors(experiment):
     """Objectness logits of +100 on the anchors mmdetection leaves out, 0 elsewhere, and no
-    objects: only valid anchors are sampled (as negatives), so the loss is exactly log 2."""
+    objects: only valid anchors are sampled (as negatives, log 2 each), and the sum is
+    divided by mmdetection's avg_factor, max(positives, 1) + max(negatives, 1) per image."""
     from keras_res2net.detection.configs import get_experiment
     from keras_res2net.detection.task import DetectionTask
 
@@ -98,5 +99,7 @@ def test_rpn_loss_never_samples_invalid_anchors(experiment):
     deltas = {lv: np.zeros((*s.shape, 4), np.float32) for lv, s in scores.items()}
     gt = (np.zeros((2, 3, 4), np.float32), np.zeros((2, 3), np.int32), np.zeros((2, 3), bool))
     losses = DetectionTask(config)._rpn_losses(scores, deltas, anchors, gt, sizes)
-    np.testing.assert_allclose(float(losses["rpn_cls_loss"]), np.log(2.0), rtol=1e-5)
+    negatives = np.minimum(valid.sum(1), config.model.rpn.num_samples).sum()
+    np.testing.assert_allclose(float(losses["rpn_cls_loss"]),
+                               np.log(2.0) * negatives / (negatives + 2), rtol=1e-5)
     assert float(losses["rpn_box_loss"]) == 0.0
