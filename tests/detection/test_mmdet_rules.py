@@ -81,3 +81,21 @@ def test_pipeline_resizes_masks_and_maps_with_the_floor_index_and_clips_boxes():
 def test_clip_boxes():
     boxes = tf.constant([[-2.0, 3.0, 50.0, 70.0]])
     np.testing.assert_allclose(clip_boxes(boxes, (60, 40)), [[0.0, 3.0, 40.0, 60.0]])
+
+
+def test_tfrecord_source_filters_as_mmdetection(shapes_val, tmp_path):
+    from keras_res2net.detection import configs
+    from keras_res2net.detection.data import sources, tf_example
+
+    data = json.loads(shapes_val[0].read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 2]
+    path = tmp_path / "empty2.json"
+    path.write_text(json.dumps(data))
+    tf_example.write_tfrecord(load_coco(path, shapes_val[1]), tmp_path / "train.tfrecord")
+    config = configs.get_experiment("mask_rcnn_res2net50_fpn_synthetic")
+    source = sources.open_source("tfrecord", config, tmp_path)
+    assert [int(e["image_id"]) for e in source.raw()] == [1, 3, 4, 5, 6]
+    config.data.min_image_size = 129  # the 128 px images are now too small
+    assert list(sources.open_source("tfrecord", config, tmp_path).raw()) == []
+    config.data.min_image_size, config.data.filter_empty_gt = 0, False
+    assert len(list(sources.open_source("tfrecord", config, tmp_path).raw())) == 6

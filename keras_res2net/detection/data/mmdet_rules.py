@@ -45,6 +45,20 @@ def keep_training_image(num_annotations: int, width: int, height: int, *,
     return min(width, height) >= min_size
 
 
+def filter_training_examples(data, filter_empty_gt: bool = True,
+                             min_size: int = MIN_IMAGE_SIZE):
+    """`keep_training_image` on a tf.data set of raw examples (TFDS, TFRecords), which no
+    longer hold the crowd annotations: an image with crowd objects only is left out too
+    (mmdetection keeps it, with no objects to learn)."""
+    def keep(example):
+        shape = tf.shape(example["image"])
+        kept = tf.minimum(shape[0], shape[1]) >= min_size
+        if filter_empty_gt:
+            kept = kept & (tf.size(example["classes"]) > 0)
+        return kept
+    return data.filter(keep)
+
+
 def _nearest_indices(in_size, out_size):
     """OpenCV's source index of each output index: `min(floor(d / (out / in)), in - 1)`,
     computed in float64 as `cv::resize` does (`ifx = 1 / inv_scale`)."""

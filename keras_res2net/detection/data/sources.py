@@ -72,8 +72,17 @@ def tfds_source(config: ExperimentConfig, data_dir, split: str = "train",
 
     tfds_coco.load(split, data_dir=data_dir, name=name)  # fails now if it is not prepared
     return TrainSource(f"tfds {name}:{split}",
-                       lambda: tfds_coco.load(split, data_dir=data_dir, name=name),
+                       lambda: _filtered(config, tfds_coco.load(split, data_dir=data_dir,
+                                                                name=name)),
                        _tfds_count(name, split, data_dir))
+
+
+def _filtered(config: ExperimentConfig, data: tf.data.Dataset) -> tf.data.Dataset:
+    """mmdetection's training filter (`DataConfig.filter_empty_gt`, `min_image_size`)."""
+    from keras_res2net.detection.data.mmdet_rules import filter_training_examples
+
+    return filter_training_examples(data, config.data.filter_empty_gt,
+                                    config.data.min_image_size)
 
 
 def _tfds_count(name: str, split: str, data_dir) -> int | None:
@@ -107,8 +116,8 @@ def tfrecord_source(config: ExperimentConfig, data_dir,
     pattern = pattern or str(Path(data_dir) / "train*.tfrecord*")
     category_ids = category_ids_for(config, data_dir)
     tf_example.load(pattern, category_ids)  # fails now if no file matches
-    return TrainSource(f"tfrecord {pattern}", lambda: tf_example.load(pattern, category_ids),
-                       None)
+    return TrainSource(f"tfrecord {pattern}",
+                       lambda: _filtered(config, tf_example.load(pattern, category_ids)), None)
 
 
 def open_source(kind: str, config: ExperimentConfig, data_dir, *,

@@ -94,9 +94,12 @@ def decode(serialized, category_ids) -> dict:
     tf.debugging.assert_equal(tf.reduce_all(tf.reduce_any(
         tf.equal(labels[:, None], table[None]), axis=1)), True,
         message="a label is not among the category ids")
-    masks = tf.map_fn(lambda png: tf.io.decode_png(png, channels=1)[..., 0],
-                      dense["image/object/mask"],
-                      fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+    pngs = dense["image/object/mask"]
+    masks = tf.cond(  # map_fn cannot stack an empty list of unknown shape (no objects)
+        tf.size(pngs) > 0,
+        lambda: tf.map_fn(lambda png: tf.io.decode_png(png, channels=1)[..., 0], pngs,
+                          fn_output_signature=tf.TensorSpec([None, None], tf.uint8)),
+        lambda: tf.zeros([0, tf.shape(image)[0], tf.shape(image)[1]], tf.uint8))
     masks = tf.reshape(masks, [-1, tf.shape(image)[0], tf.shape(image)[1]])
     return {"image": image, "boxes": tf.boolean_mask(boxes, keep),
             "classes": tf.boolean_mask(classes, keep),
