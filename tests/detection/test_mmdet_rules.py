@@ -40,6 +40,7 @@ def test_load_coco_drops_and_filters_as_mmdetection(shapes_val, tmp_path):
     first = [a for a in data["annotations"] if a["image_id"] == 1]  # two objects
     first[0]["bbox"] = [first[0]["bbox"][0], first[0]["bbox"][1], 0.5, 10]  # under 1 px
     first[1]["bbox"] = [120, 120, 30, 30]  # mostly outside the 128x128 image: kept
+    next(a for a in data["annotations"] if a["image_id"] == 3)["ignore"] = 1  # dropped
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 2]
     path = tmp_path / "rules.json"
     path.write_text(json.dumps(data))
@@ -47,6 +48,7 @@ def test_load_coco_drops_and_filters_as_mmdetection(shapes_val, tmp_path):
     assert [r.image_id for r in full.records] == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose(full.records[0].boxes, [[120, 120, 150, 150]])
     assert len(full.records[0].segmentations) == 1 and len(full.records[1].boxes) == 0
+    assert len(full.records[2].boxes) == 2  # image 3: three objects, one marked "ignore"
     train = load_coco(path, shapes_val[1], filter_empty_gt=True, min_size=32)
     assert [r.image_id for r in train.records] == [1, 3, 4, 5, 6]
     assert load_coco(path, shapes_val[1], min_size=129).records == []

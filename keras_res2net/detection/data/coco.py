@@ -169,7 +169,7 @@ def load_coco(json_path, image_dir, *, needs_masks: bool = True,
                                  f"{image_id} ({image['file_name']}) {problem}.")
             box = annotation_box(ann["bbox"], image["width"], image["height"],
                                  ann.get("area"))
-            if box is None:  # outside the image, or under 1 px: mmdetection drops it
+            if box is None or ann.get("ignore", False):  # as mmdetection's parse_data_info
                 continue
             if ann.get("iscrowd", 0):
                 crowd.append(box)
