@@ -48,6 +48,9 @@ class RPNConfig:
     nms_iou: float = 0.7
     train_post_nms_topk: int | None = None  # None: same as post_nms_topk
     smooth_l1_beta: float = 0.0  # 0: L1 box loss (Mask R-CNN); cascades use 1/9
+    # Anchors crossing the (unpadded) image by more than this many pixels take no part in
+    # training; -1: no border check (Faster / Mask R-CNN), the cascades and HTC use 0.
+    allowed_border: int = -1
 
 
 @dataclasses.dataclass
@@ -64,6 +67,9 @@ class ROIConfig:
     sampling_ratio: int = 0
     box_stds: tuple = (0.1, 0.1, 0.2, 0.2)
     smooth_l1_beta: float = 0.0  # 0: L1 box loss (Mask R-CNN); cascades use 1.0
+    # mmdetection's R-CNN assigner `match_low_quality`: True in Mask R-CNN's config, False
+    # in Faster R-CNN's; cascade stages never use it.
+    match_low_quality: bool = True
 
 
 @dataclasses.dataclass
@@ -162,6 +168,10 @@ class DataConfig:
     max_instances: int = 100
     random_flip: bool = True
     batch_size: int = 16  # global
+    # mmdetection's training filter_cfg: images without annotations, or with a side under
+    # `min_image_size` pixels, are left out of training (never of evaluation).
+    filter_empty_gt: bool = True
+    min_image_size: int = 32
 
 
 @dataclasses.dataclass
@@ -170,6 +180,9 @@ class TrainConfig:
     learning_rate: float = 0.02  # per 16 images, linearly scaled with the batch size
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    # SGD's decay: "coupled" (PyTorch's SGD, mmdetection: added to the gradient before the
+    # momentum) or "decoupled" (Keras' form: `w -= lr * decay * w`, ~10x weaker at 0.9).
+    weight_decay_form: str = "coupled"
     warmup_steps: int = 500
     warmup_ratio: float = 0.001
     epochs: int = 24
@@ -222,6 +235,7 @@ def faster_rcnn_res2net101_fpn_coco() -> ExperimentConfig:
     """mmdetection `faster_rcnn_r2_101_fpn_2x_coco`: 43.0 box AP (COCO val)."""
     config = ExperimentConfig()
     config.model.include_mask = False
+    config.model.roi.match_low_quality = False
     return config
 
 
@@ -254,6 +268,7 @@ def mask_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
 def faster_rcnn_res2net50_fpn_synthetic() -> ExperimentConfig:
     config = mask_rcnn_res2net50_fpn_synthetic()
     config.model.include_mask = False
+    config.model.roi.match_low_quality = False
     return config
 
 
@@ -273,11 +288,13 @@ SYNTHETIC_SEMANTIC_CLASSES = 4  # background + the 3 shapes
 def _with_cascade(config: ExperimentConfig, htc: HTCConfig | None,
                   semantic_maps: str) -> ExperimentConfig:
     """Turn a (Mask) R-CNN experiment into its cascade (or HTC): three class-agnostic
-    stages and smooth-L1 box losses (beta 1/9 for the RPN, 1 for the stages); HTC's
+    stages, smooth-L1 box losses (beta 1/9 for the RPN, 1 for the stages) and RPN anchors
+    inside the image only (`allowed_border=0`); HTC's
     semantic branch reads the label maps in `semantic_maps`."""
     config.model.cascade = CascadeConfig()
     config.model.htc = htc
     config.model.rpn.smooth_l1_beta = 1.0 / 9.0
+    config.model.rpn.allowed_border = 0
     config.model.roi.smooth_l1_beta = 1.0
     if htc is not None and htc.semantic:
         config.data.train_semantic = semantic_maps

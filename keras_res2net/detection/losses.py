@@ -1,11 +1,13 @@
 """Losses of the two stages, with mmdetection's normalisations.
 
 RPN: sigmoid cross-entropy over sampled anchors and L1 on positive deltas, both divided by
-the number of sampled anchors. Box head: softmax cross-entropy over sampled RoIs and L1 on
-the positive RoIs' target-class deltas, both divided by the number of sampled RoIs. Mask:
+mmdetection's `avg_factor`, the sum over images of `max(positives, 1) + max(negatives, 1)`.
+Box head: softmax cross-entropy over sampled RoIs and L1 on the positive RoIs' target-class
+deltas, both divided by the number of sampled RoIs. Mask:
 per-pixel sigmoid cross-entropy of the target-class mask, averaged over positive RoIs.
 `smooth_l1_beta > 0` turns the box L1 into smooth L1 (the cascades' choice).
-Semantic (HTC): per-pixel softmax cross-entropy averaged over the pixels not ignored.
+Semantic (HTC): per-pixel softmax cross-entropy averaged over all pixels, ignored ones
+counting zero (mmdetection's `CrossEntropyLoss(ignore_index=255)`, `avg_non_ignore=False`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from keras import ops
 
 def _safe_count(mask):
     return ops.maximum(ops.sum(ops.cast(mask, "float32")), 1.0)
+
+
+def _per_image_count(mask):
+    """(B,) count of each image's entries of a (B, N) mask, at least 1 (mmdetection's
+    `SamplingResult.num_pos` / `num_neg`)."""
+    return ops.maximum(ops.sum(ops.cast(mask, "float32"), axis=1), 1.0)
 
 
 def box_distance(deltas, target_deltas, smooth_l1_beta: float = 0.0):
@@ -30,7 +38,7 @@ def rpn_losses(logits, deltas, target_deltas, positives, negatives,
                smooth_l1_beta: float = 0.0):
     """`(objectness, box)` losses; inputs flattened over levels: (B, A) and (B, A, 4)."""
     sampled = positives | negatives
-    count = _safe_count(sampled)
+    count = ops.sum(_per_image_count(positives) + _per_image_count(negatives))
     labels = ops.cast(positives, "float32")
     bce = ops.maximum(logits, 0.0) - logits * labels + ops.log1p(ops.exp(-ops.abs(logits)))
     cls_loss = ops.sum(bce * ops.cast(sampled, "float32")) / count
@@ -70,8 +78,11 @@ def mask_loss(mask_logits, target_masks, positives):
     return ops.sum(per_roi * ops.cast(positives, "float32")) / _safe_count(positives)
 
 
-def semantic_loss(logits, labels, ignore_index: int = 255):
-    """Mean softmax cross-entropy of (B, h, w, K) logits over the non-ignored pixels.
+def semantic_loss(logits, labels, ignore_index: int = 255, avg_non_ignore: bool = False):
+    """Mean softmax cross-entropy of (B, h, w, K) logits, ignored pixels counting zero.
+
+    The mean is over all pixels (mmdetection's default), or over the non-ignored ones with
+    `avg_non_ignore=True` (mmdetection's option of that name).
 
     `labels` (B, H, W) are at padded-image resolution (classes 0..K-1 or `ignore_index`);
     pixel (i, j) of the logits takes label (floor(i * H / h), floor(j * W / w)), as
@@ -86,4 +97,7 @@ def semantic_loss(logits, labels, ignore_index: int = 255):
     valid = labels != ignore_index
     log_probs = ops.log_softmax(logits, axis=-1)
     picked = ops.take_along_axis(log_probs, ops.where(valid, labels, 0)[..., None], axis=-1)
-    return -ops.sum(picked[..., 0] * ops.cast(valid, "float32")) / _safe_count(valid)
+    total = -ops.sum(picked[..., 0] * ops.cast(valid, "float32"))
+    if avg_non_ignore:
+        return total / _safe_count(valid)
+    return total / ops.cast(ops.size(labels), "float32")

@@ -27,12 +27,10 @@ from keras_res2net.detection.modeling.backbone import build_backbone
 from keras_res2net.detection.modeling.detector import TwoStageDetector, select_class
 from keras_res2net.detection.modeling.factory import build_detector
 from keras_res2net.detection.modeling.roi_align import crop_box_masks, crop_masks
-from keras_res2net.detection.ops import boxes as box_ops
-from keras_res2net.detection.ops.assign import assign
 from keras_res2net.detection.ops.masks import paste_masks
-from keras_res2net.detection.ops.sampling import balanced_mask
 from keras_res2net.detection.schedules import WarmupStepDecay
-from keras_res2net.detection.targets import RoiSample, gather_rows, sample_rois
+from keras_res2net.detection.targets import RoiSample, rpn_targets, sample_rois
+from keras_res2net.training.optim import TorchSGD
 
 
 def model_inputs(batch: dict) -> dict:
@@ -70,7 +68,9 @@ class DetectionTask:
                              else (data.val_json, data.val_images))
         return load_coco(Path(data_dir) / json_path, Path(data_dir) / images,
                          needs_masks=self.config.model.include_mask,
-                         semantic_dir=semantic_dir(self.config, data_dir, training))
+                         semantic_dir=semantic_dir(self.config, data_dir, training),
+                         filter_empty_gt=training and data.filter_empty_gt,
+                         min_size=data.min_image_size if training else 0)
 
     def build_inputs(self, dataset: CocoDataset, training: bool,
                      batch_size: int | None = None) -> tf.data.Dataset:
@@ -82,7 +82,8 @@ class DetectionTask:
                              cache=len(dataset.records) <= 5000, seed=self.config.train.seed)
 
     def build_optimizer(self) -> keras.optimizers.Optimizer:
-        """SGD with momentum; the learning rate scales linearly from its per-16-image base."""
+        """SGD with momentum, updating as PyTorch's (mmdetection's) does, weight decay
+        coupled by default; the learning rate scales linearly from its per-16-image base."""
         train = self.config.train
         base = train.learning_rate * self.config.data.batch_size / 16.0
         decay = train.decay_steps
@@ -93,8 +94,8 @@ class DetectionTask:
             return keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay)
         if train.optimizer != "sgd":
             raise ValueError(f"optimizer must be 'sgd' or 'adamw'; got {train.optimizer!r}.")
-        return keras.optimizers.SGD(schedule, momentum=train.momentum,
-                                    weight_decay=train.weight_decay)
+        return TorchSGD(schedule, momentum=train.momentum, weight_decay=train.weight_decay,
+                        decay=train.weight_decay_form)
 
     # -- losses ---------------------------------------------------------------------------
     def build_losses(self, model: TwoStageDetector, inputs: dict, training: bool = True) -> dict:
@@ -107,7 +108,7 @@ class DetectionTask:
         features = model.extract(images, training=training,
                                  image_sizes=inputs.get("image_sizes"))
         scores, deltas, anchors = model.rpn(features)
-        result = self._rpn_losses(scores, deltas, anchors, gt, ops.shape(images)[0])
+        result = self._rpn_losses(scores, deltas, anchors, gt, image_sizes)
         topk = cfg.rpn.train_post_nms_topk or cfg.rpn.post_nms_topk
         proposals, valid = model.propose(scores, deltas, anchors, image_sizes, topk)
         if cfg.cascade is None:
@@ -119,27 +120,29 @@ class DetectionTask:
         result["total_loss"] = sum(result.values())
         return result
 
-    def _rpn_losses(self, scores: dict, deltas: dict, anchors: dict, gt, batch) -> dict:
+    def _rpn_losses(self, scores: dict, deltas: dict, anchors: dict, gt, image_sizes) -> dict:
         """Objectness and box losses of the RPN over all levels at once."""
         rpn = self.config.model.rpn
         gt_boxes, _, gt_valid = gt
         logits = ops.concatenate(list(scores.values()), axis=1)
         rpn_deltas = ops.concatenate(list(deltas.values()), axis=1)
-        all_anchors = ops.concatenate(list(anchors.values()), axis=0)
-        anchors_b = ops.broadcast_to(all_anchors[None], (batch, *ops.shape(all_anchors)))
-        labels, matched, _ = assign(anchors_b, gt_boxes, gt_valid, pos_iou=rpn.pos_iou,
-                                    neg_iou=rpn.neg_iou, min_pos_iou=rpn.min_pos_iou,
-                                    low_quality_matches=True)
-        pos, neg = balanced_mask(labels, rpn.num_samples, rpn.pos_fraction, self.seed)
-        targets = box_ops.encode(gather_rows(gt_boxes, matched), anchors_b)
-        cls_loss, box_loss = loss_lib.rpn_losses(logits, rpn_deltas, targets, pos, neg,
+        targets = rpn_targets(anchors, self.config.model.anchors.strides, gt_boxes, gt_valid,
+                              image_sizes, pos_iou=rpn.pos_iou, neg_iou=rpn.neg_iou,
+                              min_pos_iou=rpn.min_pos_iou, num_samples=rpn.num_samples,
+                              pos_fraction=rpn.pos_fraction,
+                              size_divisor=self.config.data.size_divisor,
+                              allowed_border=rpn.allowed_border, seed=self.seed)
+        cls_loss, box_loss = loss_lib.rpn_losses(logits, rpn_deltas, targets.box_targets,
+                                                 targets.positives, targets.negatives,
                                                  rpn.smooth_l1_beta)
         return {"rpn_cls_loss": cls_loss, "rpn_box_loss": box_loss}
 
-    def _sample(self, rois, roi_valid, gt, iou: float, stds) -> RoiSample:
+    def _sample(self, rois, roi_valid, gt, iou: float, stds,
+                low_quality: bool = False) -> RoiSample:
         roi = self.config.model.roi
         return sample_rois(rois, roi_valid, *gt, iou=iou, num_samples=roi.num_samples,
-                           pos_fraction=roi.pos_fraction, stds=stds, seed=self.seed)
+                           pos_fraction=roi.pos_fraction, stds=stds, seed=self.seed,
+                           low_quality_matches=low_quality)
 
     def _box_losses(self, logits, deltas, sample: RoiSample, prefix: str = "") -> dict:
         cls_loss, box_loss = loss_lib.box_head_losses(
@@ -165,7 +168,8 @@ class DetectionTask:
     def _rcnn_losses(self, model, features, proposals, valid, gt, inputs, training) -> dict:
         """Faster / Mask R-CNN: one box stage (and its mask head) on the proposals."""
         roi = self.config.model.roi
-        sample = self._sample(proposals, valid, gt, roi.pos_iou, roi.box_stds)
+        sample = self._sample(proposals, valid, gt, roi.pos_iou, roi.box_stds,
+                              roi.match_low_quality)
         logits, deltas = model.box_branch(features, sample.rois, training=training)
         result = self._box_losses(logits, deltas, sample)
         if self.config.model.include_mask:

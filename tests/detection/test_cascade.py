@@ -396,6 +396,7 @@ def test_coco_experiments_hold_the_issue_values(name, mask, htc, semantic):
     assert cascade.stage_box_stds == STAGE_STDS and cascade.class_agnostic
     assert model.roi.num_samples == 512 and model.roi.pos_fraction == 0.25
     assert model.rpn.train_post_nms_topk == 2000
+    assert model.rpn.allowed_border == 0  # RPN anchors across the image border are ignored
     assert config.train.epochs == 20 and config.train.decay_epochs == (16, 19)
     assert (model.htc is not None) == htc
     if htc:

@@ -24,7 +24,12 @@ def test_registry_holds_the_reference_experiments():
     mask = configs.get_experiment("mask_rcnn_res2net101_fpn_coco")
     assert mask.model.include_mask and mask.model.backbone.frozen_stages == 1
     assert mask.model.roi.box_stds == (0.1, 0.1, 0.2, 0.2) and mask.model.rpn.nms_iou == 0.7
-    assert not configs.get_experiment("faster_rcnn_res2net101_fpn_coco").model.include_mask
+    faster = configs.get_experiment("faster_rcnn_res2net101_fpn_coco")
+    assert not faster.model.include_mask
+    # mmdetection's train_cfg: no RPN border check; low-quality R-CNN matches for Mask only.
+    assert mask.model.rpn.allowed_border == faster.model.rpn.allowed_border == -1
+    assert mask.model.roi.match_low_quality and not faster.model.roi.match_low_quality
+    assert mask.data.filter_empty_gt and mask.data.min_image_size == 32
     with pytest.raises(ValueError, match="unknown experiment 'nope'"):
         configs.get_experiment("nope")
 

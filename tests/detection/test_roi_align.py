@@ -95,6 +95,25 @@ def test_crop_masks_picks_the_matched_mask():
     np.testing.assert_allclose(crops[0, 1], np.tile([1.0, 1.0, 0.0, 0.0], (4, 1)))
 
 
+def test_mask_targets_sample_adaptively_as_mmdetection():
+    """mmdetection crops mask targets with `roi_align(..., sampling_ratio=0)`: large boxes
+    average ceil(bin size)^2 samples per bin, which a fixed 2x2 grid does not match."""
+    rng = np.random.default_rng(3)
+    masks = (rng.random((2, 3, 48, 64)) < 0.5).astype(np.uint8)
+    boxes = np.array([[[2.5, 3.0, 60.0, 45.0], [10.0, 10.0, 14.0, 30.0], [0, 0, 64, 48]],
+                      [[30.2, 1.7, 41.9, 47.0], [5.0, 5.0, 6.0, 6.0], [-4, -4, 70, 20]]],
+                     np.float32)
+    gt_index = np.array([[0, 2, 1], [1, 0, 2]])
+    crops = np.asarray(crop_masks(masks, boxes, gt_index, output_size=7))
+    fixed = np.asarray(crop_masks(masks, boxes, gt_index, output_size=7, sampling_ratio=2))
+    for b in range(2):
+        for r in range(3):
+            mask = masks[b, gt_index[b, r]].astype(np.float64)[..., None]
+            expected = reference_roi_align(mask, boxes[b, r], 1.0, 7, 0)[..., 0]
+            np.testing.assert_allclose(crops[b, r], expected, atol=1e-5)
+    assert np.abs(crops - fixed).max() > 0.1
+
+
 def test_adaptive_sampling_counts_differ_per_roi():
     """A tall thin RoI takes many samples along y and one along x: a fixed grid differs."""
     rng = np.random.default_rng(1)

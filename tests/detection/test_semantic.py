@@ -125,12 +125,15 @@ def test_semantic_loss_by_hand():
     logits = np.array([[[[0, 0, 0], [log3, 0, 0]],
                         [[100, 0, 0], [0, log2, log2]]]], np.float32)
     labels = np.array([[[1, 0], [255, 2]]], np.uint8)
-    # -log(1/3), -log(3/5), ignored, -log(2/5): averaged over the three valid pixels.
-    expected = (np.log(3) + np.log(5 / 3) + np.log(5 / 2)) / 3
-    np.testing.assert_allclose(float(semantic_loss(logits, labels)), expected, rtol=1e-5)
+    # -log(1/3), -log(3/5), ignored (0), -log(2/5): averaged over all four pixels, as
+    # mmdetection (avg_non_ignore=False); over the three valid pixels with avg_non_ignore.
+    total = np.log(3) + np.log(5 / 3) + np.log(5 / 2)
+    np.testing.assert_allclose(float(semantic_loss(logits, labels)), total / 4, rtol=1e-5)
+    np.testing.assert_allclose(float(semantic_loss(logits, labels, avg_non_ignore=True)),
+                               total / 3, rtol=1e-5)
     other = np.array([[[1, 0], [0, 2]]], np.uint8)  # ignore class 1; (1, 0) is now ~certain
     np.testing.assert_allclose(float(semantic_loss(logits, other, ignore_index=1)),
-                               (np.log(5 / 3) + 0.0 + np.log(5 / 2)) / 3, rtol=1e-5)
+                               (np.log(5 / 3) + 0.0 + np.log(5 / 2)) / 4, rtol=1e-5)
 
 
 def test_semantic_loss_without_valid_pixels_is_zero_with_finite_gradients():
@@ -154,7 +157,7 @@ def test_semantic_loss_takes_every_eighth_label():
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     valid = picked != 255
     nll = -np.take_along_axis(log_probs, np.where(valid, picked, 0)[..., None], -1)[..., 0]
-    expected = nll[valid].mean()
+    expected = np.where(valid, nll, 0.0).mean()
     np.testing.assert_allclose(float(semantic_loss(logits, labels)), expected, rtol=1e-5)
 
 

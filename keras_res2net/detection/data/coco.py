@@ -4,13 +4,14 @@
 is reported with its line and column, a missing or empty `images`, `annotations` or
 `categories` list by name, and a record with a missing or non-numeric field by its id (all as
 `CocoFormatError`, a `ValueError`). `load_coco` then checks the contents: every annotation
-must reference a listed image and category, have a finite, positive box inside its image,
-and a segmentation that decodes to the image's size; every image must exist on disk. Any
-violation raises `ValueError` naming the image and annotation. Whether the images decode is
-`image_check`'s job (one parallel pass, before training). Optional semantic label maps
-(COCO-Stuff "stuffthingmaps", one `<image stem>.png` per image) are checked the same way:
-present, single-channel, and of the image's size. Crowd annotations (`iscrowd=1`) are kept
-apart as `crowd_boxes` (mmdetection ignores them in training; pycocotools uses them in evaluation).
+must reference a listed image and category, have a finite box, and a segmentation that decodes
+to the image's size (boxes outside the image or under 1 px are dropped, as mmdetection does);
+every image must exist on disk. Any violation raises `ValueError` naming the image and
+annotation. Whether the images decode is `image_check`'s job (one parallel pass, before
+training). Optional semantic label maps (COCO-Stuff "stuffthingmaps", one `<image stem>.png`
+per image) are checked the same way: present, single-channel, and of the image's size. Crowd
+annotations (`iscrowd=1`) are kept apart as `crowd_boxes` (mmdetection ignores them in
+training; pycocotools uses them in evaluation).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from keras_res2net.detection.data.mmdet_rules import annotation_box, keep_training_image
+
 SEMANTIC_IGNORE = 255  # the label of unlabelled pixels in COCO-Stuff maps (and their padding)
-_BOX_SLACK = 1.0  # pixels a box may exceed its image by (COCO rounds boxes to 0.01 px)
 
 
 @dataclasses.dataclass
@@ -187,12 +189,12 @@ def _check_annotation(ann: dict, image: dict, categories: set, needs_masks: bool
     box = ann.get("bbox")
     if not isinstance(box, list | tuple) or len(box) != 4:
         return f"bbox {box!r} is not [x, y, width, height]"
-    x, y, w, h = (float(v) for v in box)
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        return f"bbox {box!r} has a non-finite or non-positive size"
-    if (x < -_BOX_SLACK or y < -_BOX_SLACK or x + w > image["width"] + _BOX_SLACK
-            or y + h > image["height"] + _BOX_SLACK):
-        return (f"bbox {box!r} lies outside the {image['width']}x{image['height']} image")
+    try:
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        return f"bbox {box!r} is not numeric"
+    if not all(math.isfinite(v) for v in values):
+        return f"bbox {box!r} is not finite"
     if needs_masks:
         segmentation = ann.get("segmentation")
         if not segmentation:
@@ -222,10 +224,14 @@ def _semantic_problem(path: Path, image: dict) -> str | None:
 
 
 def load_coco(json_path, image_dir, *, needs_masks: bool = True,
-              semantic_dir=None) -> CocoDataset:
+              semantic_dir=None, filter_empty_gt: bool = False,
+              min_size: int = 0) -> CocoDataset:
     """Read and validate a COCO instances file; images are looked up in `image_dir`.
 
     With `semantic_dir`, every image gets the label map `semantic_dir/<file stem>.png`.
+    Annotations mmdetection drops (`mmdet_rules.annotation_box`) are left out; for training,
+    `filter_empty_gt` and `min_size` leave out images as mmdetection's `filter_cfg`
+    (`mmdet_rules.keep_training_image`).
     """
     json_path, image_dir = Path(json_path), Path(image_dir)
     semantic_dir = None if semantic_dir is None else Path(semantic_dir)
@@ -241,6 +247,10 @@ def load_coco(json_path, image_dir, *, needs_masks: bool = True,
     records = []
     for image_id in sorted(coco.imgs):
         image = coco.imgs[image_id]
+        if not keep_training_image(len(coco.imgToAnns.get(image_id, [])), image["width"],
+                                   image["height"], filter_empty_gt=filter_empty_gt,
+                                   min_size=min_size):
+            continue
         path = image_dir / image["file_name"]
         if not path.is_file():
             raise ValueError(f"{json_path}: image {image_id} ({image['file_name']}) is missing "
@@ -258,11 +268,14 @@ def load_coco(json_path, image_dir, *, needs_masks: bool = True,
             if problem:
                 raise ValueError(f"{json_path}: annotation {ann.get('id')!r} of image "
                                  f"{image_id} ({image['file_name']}) {problem}.")
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            if ann.get("iscrowd", 0):
-                crowd.append([x, y, x + w, y + h])
+            box = annotation_box(ann["bbox"], image["width"], image["height"],
+                                 ann.get("area"))
+            if box is None or ann.get("ignore", False):  # as mmdetection's parse_data_info
                 continue
-            boxes.append([x, y, x + w, y + h])
+            if ann.get("iscrowd", 0):
+                crowd.append(box)
+                continue
+            boxes.append(box)
             classes.append(contiguous[ann["category_id"]])
             segmentations.append(ann.get("segmentation"))
         records.append(ImageRecord(

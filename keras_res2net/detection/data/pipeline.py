@@ -7,14 +7,16 @@ are carried cropped to their boxes at `mask_crop_size` (`instance_masks`, Model 
 representation), never as full-image masks.
 
 mmdetection's transforms: the image is resized (bilinear) by the largest factor that fits
-`max_size` (long side, short side) keeping the aspect ratio; boxes are scaled (the mask crops
-are box-relative, so only a flip touches them); training flips horizontally with probability
-0.5; images are padded bottom/right to a multiple of `size_divisor` and training batches hold
-only landscape or only portrait images (mmdetection's `AspectRatioBatchSampler`). Images stay
-uint8 in the pipeline: the model normalises them and then zeroes the padding
-("image_sizes"), which is mmdetection's normalise-then-pad-with-zeros. Ground truth is padded
-to `max_instances` rows (class 0 = padding). An optional semantic label map (example key
-"semantic", (H, W) uint8) is resized (nearest neighbour), flipped and padded with
+mmdetection's transforms: the image is resized (bilinear) by the largest factor that fits
+`max_size` (long side, short side) keeping the aspect ratio; boxes are scaled and clipped to
+the image (the mask crops are box-relative, cut from the original-resolution masks at the
+clipped box, so only a flip touches them); training flips horizontally with probability 0.5;
+images are padded bottom/right to a multiple of `size_divisor` and training batches hold only
+landscape or only portrait images (mmdetection's `AspectRatioBatchSampler`). Images stay uint8
+in the pipeline: the model normalises them and then zeroes the padding ("image_sizes"), which
+is mmdetection's normalise-then-pad-with-zeros. Ground truth is padded to `max_instances` rows
+(class 0 = padding). An optional semantic label map (example key "semantic", (H, W) uint8) is
+resized with OpenCV's nearest neighbour (`mmdet_rules.resize_nearest`), flipped and padded with
 `SEMANTIC_IGNORE` (mmdetection's `seg_pad_val=255`), in the image and in the batch.
 """
 
@@ -30,6 +32,7 @@ from keras_res2net.detection.data.instance_masks import (
     crop_masks_to_boxes,
     crop_rles_to_boxes,
 )
+from keras_res2net.detection.data.mmdet_rules import clip_boxes, resize_nearest
 
 
 def _has_semantic(dataset: CocoDataset) -> bool:
@@ -100,9 +103,12 @@ def decode_record(record: dict, mask_crop_size: int = MASK_CROP_SIZE) -> dict:
     """A `record_dataset` record -> `{"image", "boxes", "classes", "mask_crops", "image_id"}`
     (and "semantic"): the raw example `resize_and_pad` takes."""
     height, width = record["image_size"][0], record["image_size"][1]
-    example = {"image": decode_image(record["image_path"]), "boxes": record["boxes"],
+    # Clipped before cropping, so each crop covers exactly its (clipped) box: clipping again
+    # after the resize (mmdetection's order) then moves a box by rounding at most.
+    boxes = clip_boxes(tf.convert_to_tensor(record["boxes"], tf.float32), [height, width])
+    example = {"image": decode_image(record["image_path"]), "boxes": boxes,
                "classes": record["classes"], "image_id": record["image_id"],
-               "mask_crops": crop_rles_to_boxes(record["mask_rles"], record["boxes"], height,
+               "mask_crops": crop_rles_to_boxes(record["mask_rles"], boxes, height,
                                                 width, mask_crop_size)}
     if "semantic_path" in record:
         semantic = tf.numpy_function(_read_label_map, [record["semantic_path"]], tf.uint8)
@@ -137,15 +143,18 @@ def resize_and_pad(example: dict, max_size, size_divisor: int, flip,
     image = tf.cast(image, tf.uint8)
     if "mask_crops" in example:
         crops = tf.convert_to_tensor(example["mask_crops"])
-    elif "masks" in example:
+    elif "masks" in example:  # cropped at the clipped box (see `decode_record`)
+        example = dict(example, boxes=clip_boxes(tf.cast(example["boxes"], tf.float32),
+                                                 tf.shape(image)[:2]))
         crops = crop_masks_to_boxes(example["masks"], example["boxes"], mask_crop_size)
     else:
         crops = tf.zeros([tf.shape(example["classes"])[0], mask_crop_size, mask_crop_size],
                          tf.uint8)
     boxes = example["boxes"] * tf.stack([scales[1], scales[0], scales[1], scales[0]])
+    boxes = clip_boxes(boxes, new_size)
     semantic = example.get("semantic")
     if semantic is not None:
-        semantic = tf.image.resize(semantic[..., None], new_size, method="nearest")[..., 0]
+        semantic = resize_nearest(semantic, new_size)
     if flip is not None:
         width = tf.cast(new_size[1], tf.float32)
         image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)

@@ -59,7 +59,8 @@ def coco_json_source(config: ExperimentConfig, data_dir, *, check_images: bool =
     data = config.data
     dataset = load_coco(Path(data_dir) / data.train_json, Path(data_dir) / data.train_images,
                         needs_masks=config.model.include_mask,
-                        semantic_dir=semantic_dir(config, data_dir))
+                        semantic_dir=semantic_dir(config, data_dir),
+                        filter_empty_gt=data.filter_empty_gt, min_size=data.min_image_size)
     if check_images:
         dataset = image_check.check_images(dataset, skip_bad=skip_bad_images)
     record_dataset(dataset, data.max_instances)  # refuses too many objects now
@@ -94,8 +95,17 @@ def tfds_source(config: ExperimentConfig, data_dir, split: str = "train",
 
     tfds_coco.load(split, data_dir=data_dir, name=name)  # fails now if it is not prepared
     return TrainSource(f"tfds {name}:{split}",
-                       lambda: tfds_coco.load(split, data_dir=data_dir, name=name),
+                       lambda: _filtered(config, tfds_coco.load(split, data_dir=data_dir,
+                                                                name=name)),
                        _tfds_count(name, split, data_dir))
+
+
+def _filtered(config: ExperimentConfig, data: tf.data.Dataset) -> tf.data.Dataset:
+    """mmdetection's training filter (`DataConfig.filter_empty_gt`, `min_image_size`)."""
+    from keras_res2net.detection.data.mmdet_rules import filter_training_examples
+
+    return filter_training_examples(data, config.data.filter_empty_gt,
+                                    config.data.min_image_size)
 
 
 def _tfds_count(name: str, split: str, data_dir) -> int | None:
@@ -129,8 +139,8 @@ def tfrecord_source(config: ExperimentConfig, data_dir,
     pattern = pattern or str(Path(data_dir) / "train*.tfrecord*")
     category_ids = category_ids_for(config, data_dir)
     tf_example.load(pattern, category_ids)  # fails now if no file matches
-    return TrainSource(f"tfrecord {pattern}", lambda: tf_example.load(pattern, category_ids),
-                       None)
+    return TrainSource(f"tfrecord {pattern}",
+                       lambda: _filtered(config, tf_example.load(pattern, category_ids)), None)
 
 
 def open_source(kind: str, config: ExperimentConfig, data_dir, *,

@@ -96,6 +96,7 @@ def decode(serialized, category_ids, mask_crop_size: int = MASK_CROP_SIZE) -> di
     tf.debugging.assert_equal(tf.reduce_all(tf.reduce_any(
         tf.equal(labels[:, None], table[None]), axis=1)), True,
         message="a label is not among the category ids")
+    # A fully known output signature lets map_fn stack an image without objects too.
     crops = tf.map_fn(
         lambda args: crop_mask_to_box(tf.cast(tf.io.decode_png(args[0], channels=1)[..., 0] > 0,
                                               tf.uint8), args[1], mask_crop_size),

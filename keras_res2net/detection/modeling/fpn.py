@@ -19,8 +19,8 @@ class FPN(keras.layers.Layer):
         self.channels = channels
         self.levels = tuple(levels)
         self.extra_pool_level = extra_pool_level
-        # Uniform, scaled by fan-in (mmdetection uses Xavier-uniform, scaled by fan-in + fan-out).
-        init = keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
+        # mmdetection's FPN init_cfg: Xavier (Glorot) uniform on every conv, zero biases.
+        init = keras.initializers.GlorotUniform()
         self.laterals = {lv: layers.Conv2D(channels, 1, kernel_initializer=init,
                                            name=f"lateral_{lv}") for lv in self.levels}
         self.outputs_convs = {lv: layers.Conv2D(channels, 3, padding="same",

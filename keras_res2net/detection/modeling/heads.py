@@ -14,6 +14,14 @@ _SMALL = keras.initializers.RandomNormal(stddev=0.01)
 _BOX = keras.initializers.RandomNormal(stddev=0.001)
 
 
+def kaiming_fan_out():
+    """PyTorch's `kaiming_normal_(mode="fan_out", nonlinearity="relu")`: an untruncated
+    normal of variance 2 / fan_out, what mmdetection's FCNMaskHead and HTCMaskHead give every
+    conv (mmcv ConvModule), the deconv, `conv_logits` and `conv_res`. For a transposed conv,
+    PyTorch's fan_out and Keras' both count the input channels times the kernel area."""
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
 class RPNHead(keras.layers.Layer):
     """A 3x3 conv + ReLU shared by all levels, then per-anchor objectness and box deltas.
 
@@ -101,20 +109,21 @@ class MaskHead(keras.layers.Layer):
         self.channels = channels
         self.num_convs = num_convs
         self.with_conv_res = with_conv_res
-        init = keras.initializers.HeNormal()
+        init = kaiming_fan_out()
         self.conv_res = None  # made in `build`: it maps to the RoI features' width
         self.convs = [layers.Conv2D(channels, 3, padding="same", activation="relu",
                                     kernel_initializer=init, name=f"mask_conv{i}")
                       for i in range(num_convs)]
         self.deconv = layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
                                              kernel_initializer=init, name="mask_deconv")
-        self.logits = layers.Conv2D(num_classes, 1, name="mask_logits")
+        self.logits = layers.Conv2D(num_classes, 1, kernel_initializer=kaiming_fan_out(),
+                                    name="mask_logits")
 
     def build(self, input_shape):
         shape = (None, *input_shape[2:])
         if self.with_conv_res:
             self.conv_res = layers.Conv2D(shape[-1], 1, activation="relu",
-                                          kernel_initializer=keras.initializers.HeNormal(),
+                                          kernel_initializer=kaiming_fan_out(),
                                           name="mask_conv_res")
             self.conv_res.build((*shape[:3], self.channels))
         for conv in self.convs:

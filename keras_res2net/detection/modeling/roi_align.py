@@ -6,8 +6,8 @@ Sampling is pixel-aligned: box corners are scaled to the level and shifted by ha
 each output bin averages a grid of bilinear samples: `sampling_ratio x sampling_ratio`, or
 with `sampling_ratio=0` (every published mmdetection config) `ceil(bin height) x
 ceil(bin width)`, different for each RoI; a sample more than one pixel outside the map
-contributes zero. The same kernel crops ground-truth masks
-to mask targets (`crop_masks`).
+contributes zero. The same kernel, adaptive as in mmdetection, crops ground-truth masks to
+mask targets (`crop_masks`).
 """
 
 from __future__ import annotations
@@ -200,10 +200,12 @@ def multilevel_roi_align(features: dict, rois, *, output_size: int, sampling_rat
     return ops.reshape(pooled, (batch, num_rois, output_size, output_size, -1))
 
 
-def crop_masks(masks, boxes, gt_index, *, output_size: int):
+def crop_masks(masks, boxes, gt_index, *, output_size: int, sampling_ratio: int = 0):
     """Mask targets: crop (B, M, H, W) masks by (B, N, 4) boxes of their ground truth.
 
-    `gt_index` (B, N) picks the mask for each box; returns (B, N, S, S) in [0, 1].
+    `gt_index` (B, N) picks the mask for each box; returns (B, N, S, S) in [0, 1]. The crop
+    is mmdetection's `BitmapMasks.crop_and_resize`: RoIAlign with `aligned=True` and
+    `sampling_ratio=0` (adaptive samples per bin); N > 0 takes a fixed N x N grid.
     """
     shape = ops.shape(masks)
     batch, num_gt, height, width = shape[0], shape[1], shape[2], shape[3]
@@ -215,7 +217,7 @@ def crop_masks(masks, boxes, gt_index, *, output_size: int):
     ones = ops.ones((count,), dtype="int32")
     crops = roi_align_flat(flat, offsets, ones * height, ones * width,
                            ops.ones((count,), dtype="float32"), ops.reshape(boxes, (-1, 4)),
-                           output_size, 2)
+                           output_size, sampling_ratio)
     return ops.reshape(crops, (batch, num_boxes, output_size, output_size))
 
 

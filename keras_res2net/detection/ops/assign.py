@@ -4,7 +4,9 @@ Labels: 1 positive, 0 negative, -1 ignored. A box is negative when its best IoU 
 `neg_iou`, positive when at or above `pos_iou`; with `low_quality_matches`, every box whose
 IoU equals a ground truth's best IoU (and at least `min_pos_iou`) is made positive for that
 ground truth, so each object gets an anchor even when none reaches `pos_iou`.
-Ground-truth rows with `gt_valid == False` (padding) are never matched.
+Ground-truth rows with `gt_valid == False` (padding) are never matched. Boxes with
+`box_valid == False` (mmdetection's anchors outside `inside_flags`) take no part: they are
+labelled -1 and never become an object's best (low-quality) match.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from keras_res2net.detection.ops.boxes import pairwise_iou
 
 
 def assign(boxes, gt_boxes, gt_valid, *, pos_iou: float, neg_iou: float,
-           min_pos_iou: float = 0.0, low_quality_matches: bool = False):
-    """Match `boxes` (B, N, 4) to `gt_boxes` (B, M, 4).
+           min_pos_iou: float = 0.0, low_quality_matches: bool = False, box_valid=None):
+    """Match `boxes` (B, N, 4) to `gt_boxes` (B, M, 4); `box_valid` (B, N), if given,
+    leaves boxes out.
 
     Returns `(labels, matched_gt, max_iou)`, each (B, N): labels in {1, 0, -1}, the index of
     the matched ground truth (meaningful where labels == 1) and the best IoU.
@@ -24,6 +27,8 @@ def assign(boxes, gt_boxes, gt_valid, *, pos_iou: float, neg_iou: float,
     valid = ops.expand_dims(ops.cast(gt_valid, "bool"), 1)  # (B, 1, M)
     # Padding columns read as IoU 0: with no ground truth every box is a negative.
     iou = ops.where(valid, pairwise_iou(boxes, gt_boxes), 0.0)  # (B, N, M)
+    if box_valid is not None:  # below any real IoU: never a ground truth's best
+        iou = ops.where(ops.expand_dims(ops.cast(box_valid, "bool"), -1), iou, -1.0)
     max_iou = ops.max(iou, axis=-1)
     matched = ops.argmax(iou, axis=-1)
     labels = ops.full_like(max_iou, -1, dtype="int32")
@@ -38,4 +43,6 @@ def assign(boxes, gt_boxes, gt_valid, *, pos_iou: float, neg_iou: float,
         has_hit = ops.any(hits, axis=-1)
         matched = ops.where(has_hit, last_hit, matched)
         labels = ops.where(has_hit, 1, labels)
+    if box_valid is not None:
+        labels = ops.where(ops.cast(box_valid, "bool"), labels, -1)
     return labels, ops.cast(matched, "int32"), max_iou
