@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="out", help="output folder (default: out)")
     parser.add_argument("--quantize", choices=("fp16", "dynamic", "int8"),
                         help="TFLite quantization (default: float32); --task detection: fp16 "
-                        "for tflite and onnx")
+                        "for tflite")
     parser.add_argument("--int8-io", action="store_true",
                         help="TFLite int8: integer input and output tensors too")
     parser.add_argument("--calibration-data", metavar="SOURCE",

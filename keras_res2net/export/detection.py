@@ -332,14 +332,11 @@ def export_static_formats(args: argparse.Namespace, plan: Plan, results: list) -
         onnx_outside[:] = outside
         return lines
 
-    if "onnx" in plan.paths:
-        onnx_kind = kind if "onnx" in args.format else "float32"
-        quantize = args.quantize if "onnx" in args.format else None
+    if "onnx" in plan.paths:  # float32 only (plan.DETECTION_ONNX_FP16)
         report(export_static(
-            "onnx", f"onnx {'fp16' if quantize else 'fp32'}", plan.paths["onnx"], args,
-            lambda p: detection_artifacts.write_onnx(model, static, input_size, p, args.opset,
-                                                     quantize),
-            detection_artifacts.load_onnx, kind=onnx_kind, inspect=inspect_onnx, **common),
+            "onnx", "onnx fp32", plan.paths["onnx"], args,
+            lambda p: detection_artifacts.write_onnx(model, static, input_size, p, args.opset),
+            detection_artifacts.load_onnx, kind="float32", inspect=inspect_onnx, **common),
             results)
     if "tflite" in plan.paths:
         report(export_static(

@@ -1,11 +1,10 @@
 """Write and run the detector's static graph (`detection.deploy`) as ONNX and TFLite files.
 
-ONNX: tf2onnx converts the traced `tf.function` (its NMS becomes ONNX `NonMaxSuppression`);
-`--quantize fp16` then stores weights and activations in float16 with onnxruntime's own
-`convert_float_to_float16`, keeping the graph's inputs/outputs float32 and the ops that have
-no float16 kernel in onnxruntime (NonMaxSuppression, TopK, RoIAlign's gathers' index math)
-in float32. TFLite: the converter takes the static graph's SavedModel, TFLite builtins only
-(its NMS becomes `NON_MAX_SUPPRESSION_V4`); fp16 stores the weights in float16.
+ONNX: tf2onnx converts the traced `tf.function` (its NMS becomes ONNX `NonMaxSuppression`),
+float32 only (an fp16 file, made with onnxruntime's `convert_float_to_float16`, failed its
+check: see `plan.DETECTION_ONNX_FP16`). TFLite: the converter takes the static graph's
+SavedModel, TFLite builtins only (its NMS becomes `NON_MAX_SUPPRESSION_V4`); fp16 stores the
+weights in float16.
 Each runner takes one image `(1, H, W, 3)` and its original size `(1, 2)` and returns the
 output dict by name.
 """
@@ -19,15 +18,9 @@ import numpy as np
 
 from keras_res2net.detection import deploy
 
-# Ops onnxruntime runs in float32 only, or whose float16 rounding would change which boxes
-# survive (NMS and the top-k before it): kept float32 in an fp16 ONNX file.
-ONNX_FP32_OPS = ["NonMaxSuppression", "TopK", "Floor", "Log", "Sqrt", "Exp", "Range",
-                 "OneHot", "Softmax", "Sigmoid"]
 
-
-def write_onnx(model, config, input_size, path: str, opset: int = 17,
-               quantize: str | None = None) -> None:
-    """The static graph of `model` as an ONNX file at `path` (float32, or fp16)."""
+def write_onnx(model, config, input_size, path: str, opset: int = 17) -> None:
+    """The static graph of `model` as a float32 ONNX file at `path`."""
     import logging
 
     import tf2onnx
@@ -36,11 +29,6 @@ def write_onnx(model, config, input_size, path: str, opset: int = 17,
     function = deploy.deploy_function(model, config, input_size)
     proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature,
                                              opset=opset)
-    if quantize == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        proto = convert_float_to_float16(proto, keep_io_types=True,
-                                         op_block_list=ONNX_FP32_OPS)
     import onnx
 
     onnx.save(proto, path)

@@ -119,6 +119,7 @@ def test_detector_exports_to_onnx_tflite_and_the_tensorrt_command(tmp_path, mask
     (["--quantize", "int8"], "--quantize int8 is not offered for --task detection"),
     (["--format", "keras"], "--format keras does not apply to --task detection"),
     (["--nchw"], "--nchw do(es) not apply to --task detection"),
+    (["--format", "onnx", "--quantize", "fp16"], "an fp16 ONNX detector computes box decoding"),
 ])
 def test_bad_detection_options_exit_2_before_any_work(tmp_path, mask_run, capsys, argv,
                                                        message):
@@ -147,38 +148,60 @@ def test_run_folder_without_weights_or_experiment_exits_2(tmp_path, mask_run, ca
     assert not (tmp_path / "out").exists()
 
 
-def test_a_failed_check_removes_the_artifact_and_exits_1(tmp_path, mask_run, capsys,
-                                                         monkeypatch):
-    """An artifact whose boxes are 1 px off (written and run by stand-ins for the ONNX
-    writer and runtime) fails its check: exit 1 and nothing left in the output folder."""
-    from keras_res2net.export import detection_artifacts
+def test_a_failed_check_removes_the_artifact(tmp_path):
+    """An artifact whose boxes are 1 px off fails its check and is not left anywhere; the
+    same artifact without the shift passes and is moved into place."""
+    import argparse
 
-    def write(model, config, input_size, path, opset=17, quantize=None):
-        with open(path, "wb") as handle:
-            handle.write(b"stand-in")
-        written.append((model, config, input_size))
+    from keras_res2net.export import detection
 
-    def load(path):
-        model, config, input_size = written[0]
+    boxes = np.array([[[10, 10, 40, 30], [50, 60, 90, 100.0]]], np.float32)
+    reference = {"boxes": boxes, "scores": np.array([[0.9, 0.6]], np.float32),
+                 "classes": np.array([[2, 1]], np.int32), "num_detections": np.array([2])}
+    canvases = np.zeros((1, 128, 128, 3), np.float32)
+    originals = np.array([[128.0, 128.0]], np.float32)
+    args = argparse.Namespace(force=False, latency_runs=1)
 
-        def run(image, original):
-            out = deploy.keras_reference(model, config, image, original, input_size)
-            out["boxes"] = out["boxes"] + 1.0
-            return out
+    def export(shift: float, name: str):
+        def write(path):
+            with open(path, "wb") as handle:
+                handle.write(b"artifact")
 
-        return run
+        def load(path):
+            assert open(path, "rb").read() == b"artifact"  # runs the staged file
+            return lambda image, original: {**reference, "boxes": boxes + shift}
 
-    written: list = []
-    monkeypatch.setattr(detection_artifacts, "write_onnx", write)
-    monkeypatch.setattr(detection_artifacts, "load_onnx", load)
-    out = tmp_path / "out"
-    code = cli.main(["--task", "detection", "--checkpoint", str(mask_run), "--format", "onnx",
-                     "--output", str(out), "--latency-runs", "0"])
-    text = capsys.readouterr().out
-    assert code == 1
-    assert "[FAILED] onnx fp32" in text and "outside the bound" in text, text
-    assert "max|diff| 1.00e+00" in text and "(nothing written)" in text
-    assert list(out.iterdir()) == []
+        return detection.export_static(
+            "onnx", "onnx fp32", str(tmp_path / name), args, write, load, reference, canvases,
+            originals, "float32", (128, 128))
+
+    failed = export(1.0, "bad.onnx")
+    assert not failed.passed and failed.max_abs_diff == 1.0
+    assert "outside the bound" in failed.error and "(nothing written)" in failed.error
+    passed = export(0.0, "good.onnx")
+    assert passed.passed and passed.agreement == 1.0, passed.error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx"]
+
+
+def test_match_detections_pairs_by_box_and_measures_masks():
+    """Order does not matter, a class change does, and masks are compared once pasted."""
+    from keras_res2net.export.detection import match_detections
+
+    masks = np.zeros((1, 2, 28, 28), np.float32)
+    masks[0, 0, :, :14] = 1.0  # left half of box 0
+    masks[0, 1] = 1.0
+    reference = {"boxes": np.array([[[0, 0, 20, 20], [30, 30, 60, 50.0]]]),
+                 "scores": np.array([[0.9, 0.8]]), "classes": np.array([[1, 2]]),
+                 "num_detections": np.array([2]), "masks": masks}
+    swapped = {k: (v[:, ::-1] if k != "num_detections" else v) for k, v in reference.items()}
+    same = match_detections(reference, swapped, np.array([[64, 64]]))
+    assert (same.box_diff, same.agreement, same.mask_iou, same.problem) == (0.0, 1.0, 1.0, "")
+    other = {**swapped, "classes": np.array([[2, 2]]), "masks": np.ones_like(masks)}
+    found = match_detections(reference, other, np.array([[64, 64]]))
+    assert found.agreement == 0.5 and 0.45 < found.mask_iou < 0.55  # half of box 0's mask
+    fewer = match_detections(reference, {**reference, "num_detections": np.array([1])},
+                             np.array([[64, 64]]))
+    assert "detection counts differ" in fewer.problem
 
 
 @pytest.mark.slow
