@@ -52,16 +52,18 @@ def static_config(config, sampling_ratio: int = DEFAULT_SAMPLING_RATIO):
 
 
 def resize_factor(original, canvas, max_size):
-    """The factor that resizes an image of `original` (h, w) to fit both the experiment's
-    `max_size` (long side, short side) and the (H, W) `canvas`; works on NumPy or TF values."""
+    """The factor that resizes an image of `original` (..., 2) (h, w) to fit both the
+    experiment's `max_size` (long side, short side) and the (H, W) `canvas`; `original` is a
+    NumPy array (the host helper) or a TF tensor (inside the graph)."""
     h, w = original[..., 0], original[..., 1]
-    big = np.maximum(h, w) if isinstance(h, np.ndarray) else _tf().maximum(h, w)
-    small = np.minimum(h, w) if isinstance(h, np.ndarray) else _tf().minimum(h, w)
-    factors = (max_size[0] / big, max_size[1] / small, canvas[0] / h, canvas[1] / w)
-    if isinstance(h, np.ndarray):
-        return np.min(np.stack(factors), axis=0)
-    tf = _tf()
-    return tf.reduce_min(tf.stack(factors), axis=0)
+    if isinstance(original, np.ndarray):
+        stack, maximum, minimum, reduce_min = np.stack, np.maximum, np.minimum, np.min
+    else:
+        tf = _tf()
+        stack, maximum, minimum, reduce_min = tf.stack, tf.maximum, tf.minimum, tf.reduce_min
+    factors = stack([max_size[0] / maximum(h, w), max_size[1] / minimum(h, w),
+                     canvas[0] / h, canvas[1] / w])
+    return reduce_min(factors, axis=0)
 
 
 def resized_size(original, canvas, max_size):
