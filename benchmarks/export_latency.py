@@ -3,6 +3,8 @@
     python benchmarks/export_latency.py                       # tiny Res2Net, 32x32, digits
     python benchmarks/export_latency.py --model runs/digits/model.keras
     python benchmarks/export_latency.py --model res2net50_26w_4s --input-size 224
+    python benchmarks/export_latency.py --task detection              # synthetic Mask R-CNN
+    python benchmarks/export_latency.py --task detection --checkpoint RUN_DIR --input-size 800x1344
 
 Every artifact is converted with the exporter's own functions and checked against the Keras
 model first (a latency for a wrong artifact means nothing); then each runtime is timed on the
@@ -24,9 +26,21 @@ def main() -> None:
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (res2net50_26w_4s with layers 1,1,1,1 and base width 8, "
                         "random weights), a variant name or a .keras file")
-    parser.add_argument("--input-size", type=int, default=32)
+    parser.add_argument("--input-size", default=None,
+                        help="classifier: N (default 32); detection: HxW (default: the "
+                        "experiment's test size)")
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--task", choices=("classification", "detection"),
+                        default="classification")
+    parser.add_argument("--checkpoint", help="--task detection: a run folder (default: the "
+                        "synthetic Mask R-CNN with confident random weights)")
+    parser.add_argument("--experiment", default="mask_rcnn_res2net50_fpn_synthetic",
+                        help="--task detection without --checkpoint: the experiment to build")
     args = parser.parse_args()
+    if args.task == "detection":
+        detection_main(args)
+        return
+    args.input_size = int(args.input_size or 32)
 
     import keras
     import tensorflow as tf
@@ -72,6 +86,25 @@ def main() -> None:
     for name, latency, diff, agreement in rows:
         print(f"{name:<18} {latency:>10.3f} {base / latency:>14.2f}x {diff:>10.1e} "
               f"{agreement:>10.2%}")
+
+
+def detection_main(args) -> None:
+    """`--task detection`: see keras_res2net.export.detection_latency."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from keras_res2net.export import detection_latency
+    from keras_res2net.export.plan import parse_size
+
+    size = parse_size(args.input_size) if args.input_size else None
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = args.checkpoint or detection_latency.confident_run(
+            os.path.join(folder, "run"), args.experiment)
+        rows = detection_latency.benchmark(checkpoint, size, args.runs)
+    print(f"{args.checkpoint or args.experiment}: batch 1, median of {args.runs} alternating "
+          f"runs; load {os.getloadavg()[0]:.1f}")
+    base = rows[0][1]
+    print(f"{'runtime':<26} {'median ms':>10} {'vs keras':>9}  check")
+    for name, latency, check in rows:
+        print(f"{name:<26} {latency:>10.2f} {base / latency:>8.2f}x  {check}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from keras_res2net.export import (
     tflite,
     verify,
 )
-from keras_res2net.export.cli import OptionError, Plan
+from keras_res2net.export.plan import OptionError, Plan
 
 
 def _batched(run, size: int):

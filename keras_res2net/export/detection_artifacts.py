@@ -1,0 +1,128 @@
+"""Write and run the detector's static graph (`detection.deploy`) as ONNX and TFLite files.
+
+ONNX: tf2onnx converts the traced `tf.function` (its NMS becomes ONNX `NonMaxSuppression`),
+float32 only (an fp16 file, made with onnxruntime's `convert_float_to_float16`, failed its
+check: see `plan.DETECTION_ONNX_FP16`). TFLite: the converter takes the static graph's
+SavedModel, TFLite builtins only (its NMS becomes `NON_MAX_SUPPRESSION_V4`); fp16 stores the
+weights in float16.
+Each runner takes one image `(1, H, W, 3)` and its original size `(1, 2)` and returns the
+output dict by name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from keras_res2net.detection import deploy
+
+
+def write_onnx(model, config, input_size, path: str, opset: int = 17) -> None:
+    """The static graph of `model` as a float32 ONNX file at `path`."""
+    import logging
+
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    function = deploy.deploy_function(model, config, input_size)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature,
+                                             opset=opset)
+    import onnx
+
+    onnx.save(proto, path)
+
+
+def load_onnx(path: str):
+    """A runner on the ONNX file through onnxruntime's CPU provider."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+
+    def run(image: np.ndarray, original: np.ndarray) -> dict:
+        values = session.run(None, {"images": image, "image_sizes": original})
+        return dict(zip(names, values, strict=True))
+
+    return run
+
+
+def inspect_onnx(path: str) -> tuple[list[str], list[str]]:
+    """(report lines, op types outside the TensorRT ONNX parser's list)."""
+    import onnx
+
+    from keras_res2net.export import trt_ops
+
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    opset = max(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    op_types = sorted({node.op_type for node in model.graph.node})
+    outside = trt_ops.unsupported_ops(op_types)
+    trt = ("all in the TensorRT ONNX parser's list, NMS as its NonMaxSuppression op (no "
+           "plugin)" if not outside
+           else f"NOT in the TensorRT ONNX parser's list: {', '.join(outside)}")
+    inputs = ", ".join(f"{i.name} {[d.dim_value for d in i.type.tensor_type.shape.dim]}"
+                       for i in model.graph.input)
+    return ([f"opset {opset}, inputs {inputs}", f"ops: {', '.join(op_types)}",
+             f"TensorRT: {trt} ({trt_ops.SOURCE})"], outside)
+
+
+def tflite_bytes(model, config, input_size, quantize: str | None = None) -> bytes:
+    """The static graph as a TFLite flatbuffer (builtins only; fp16 weights if asked)."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="res2net-tflite-") as folder:
+        saved = os.path.join(folder, "saved_model")
+        deploy.write_savedmodel(model, config, input_size, saved)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize == "fp16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
+
+
+def write_tflite(model, config, input_size, path: str, quantize: str | None = None) -> None:
+    with open(path, "wb") as handle:
+        handle.write(tflite_bytes(model, config, input_size, quantize))
+
+
+def load_tflite(path: str, input_size):
+    """A runner on the .tflite file through LiteRT (or tf.lite), after a probe in a child
+    process (a corrupt flatbuffer crashes the process that loads it)."""
+    from keras_res2net.export import tflite
+
+    probe_tflite(path, input_size)
+    runner = tflite.interpreter_class()(model_path=path).get_signature_runner()
+
+    def run(image: np.ndarray, original: np.ndarray) -> dict:
+        return dict(runner(images=image, image_sizes=original))
+
+    return run
+
+
+_PROBE = """
+import sys
+import numpy as np
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:
+    from tensorflow.lite import Interpreter
+run = Interpreter(model_path=sys.argv[1]).get_signature_runner()
+height, width = int(sys.argv[2]), int(sys.argv[3])
+run(images=np.zeros((1, height, width, 3), np.float32),
+    image_sizes=np.array([[height, width]], np.float32))
+"""
+
+
+def probe_tflite(path: str, input_size) -> None:
+    """Load and run the model once on a blank (H, W) canvas in a child process first."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _PROBE, path, *map(str, input_size)],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        why = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise RuntimeError(f"the TFLite interpreter cannot load and run it ({why[0]})")
