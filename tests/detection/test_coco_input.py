@@ -85,7 +85,7 @@ def test_targets_from_crops_equal_targets_from_full_masks():
     rois = np.array([[[10, 12, 26, 28], [12.5, 14.2, 21.7, 25.1], [4, 6, 22, 30],
                       [28.3, 18.6, 50.2, 39.9], [35, 25, 41, 30]]], np.float32)
     gt_index = np.array([[0, 0, 0, 1, 1]])
-    expected = np.asarray(crop_masks(full, rois, gt_index, output_size=7))
+    expected = np.asarray(crop_masks(full, rois, gt_index, output_size=7, sampling_ratio=2))
     ours = np.asarray(crop_box_masks(crops, boxes, rois, gt_index, output_size=7))
     assert expected.max() > 0.9 and expected.min() < 0.1
     np.testing.assert_allclose(ours, expected, atol=1e-5)

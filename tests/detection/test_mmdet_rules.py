@@ -67,17 +67,20 @@ def test_resize_nearest_takes_the_floor_index():
     np.testing.assert_array_equal(out, image[[0, 0, 1, 2, 2, 3]])
 
 
-def test_pipeline_resizes_masks_and_maps_with_the_floor_index_and_clips_boxes():
+def test_pipeline_resizes_maps_with_the_floor_index_and_clips_boxes():
+    # Masks travel as crops cut from the original-resolution mask at the (clipped) box, so no
+    # nearest-neighbour resize touches them; semantic maps are resized as OpenCV does.
     masks = np.zeros((1, 5, 5), np.uint8)
-    masks[0, :, 1] = 1  # column 1: OpenCV keeps it at 5 -> 3 (column 1), half-pixel drops it
+    masks[0, :, 1] = 1
     semantic = np.tile(np.arange(5, dtype=np.uint8), (5, 1))
     example = {"image": np.zeros((5, 5, 3), np.uint8), "masks": masks, "semantic": semantic,
                "boxes": np.array([[-1.0, 0.0, 5.5, 5.0]], np.float32),
                "classes": np.array([1], np.int32), "image_id": np.int64(1)}
-    out = resize_and_pad(example, (3, 3), 4, None)
-    np.testing.assert_array_equal(np.asarray(out["masks"])[0, :3, :3], [[0, 1, 0]] * 3)
+    out = resize_and_pad(example, (3, 3), 4, None, mask_crop_size=5)
     np.testing.assert_array_equal(np.asarray(out["semantic"])[:3, :3], [[0, 1, 3]] * 3)
     np.testing.assert_allclose(out["boxes"], [[0.0, 0.0, 3.0, 3.0]])  # clipped to 3x3
+    # The crop covers the clipped box [0, 5] x [0, 5]: the mask's own pixels, column 1 set.
+    np.testing.assert_array_equal(np.asarray(out["mask_crops"])[0], masks[0])
 
 
 def test_clip_boxes():

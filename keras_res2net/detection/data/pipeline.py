@@ -145,7 +145,7 @@ def resize_and_pad(example: dict, max_size, size_divisor: int, flip,
         crops = tf.convert_to_tensor(example["mask_crops"])
     elif "masks" in example:  # cropped at the clipped box (see `decode_record`)
         example = dict(example, boxes=clip_boxes(tf.cast(example["boxes"], tf.float32),
-                                                 tf.shape(image)[:2]))
+                                                 tf.shape(example["image"])[:2]))
         crops = crop_masks_to_boxes(example["masks"], example["boxes"], mask_crop_size)
     else:
         crops = tf.zeros([tf.shape(example["classes"])[0], mask_crop_size, mask_crop_size],
