@@ -7,15 +7,18 @@
     TF_CONFIG=... python train/coco.py --experiment ... --strategy multi_worker ...
 
 Flags only; the work is in `keras_res2net.detection` (configs, task, trainer). Training runs
-under the classification trainer's tf.distribute strategies (`--strategy`). Every run folder
-carries `experiment.json` (the resolved config, overrides included): `--mode eval --checkpoint
-DIR` rebuilds the model from it (a training run or `keras_res2net.detection.convert`'s output),
-so `--experiment` is only needed for a new run or a folder without the file. Bad flags, a
-missing run folder or weights, or a folder of another experiment stop with one line (exit 2).
+in the one trainer of every task (`keras_res2net.training.trainer`) under any tf.distribute
+strategy (`--strategy`); `--mode train_and_eval` evaluates COCO AP at each epoch end. Every
+run folder carries `experiment.json` (the resolved config, overrides included): `--mode eval
+--checkpoint DIR` rebuilds the model from it (a training run or the output of
+`keras_res2net.detection.convert`), so `--experiment` is only needed for a new run or a
+folder without the file. Bad flags, a missing run folder or weights, or a folder of another
+experiment stop with one line (exit 2).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import NoReturn
 
@@ -79,7 +82,6 @@ def main(argv) -> None:
             max_size=FLAGS.max_size)
     except (ValueError, FileNotFoundError) as error:
         fail(error)
-    chief = True
     if FLAGS.mode in ("train", "train_and_eval"):
         # The strategy first: multi_worker configures collectives, before any TF op runs.
         strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu, device=FLAGS.device)
@@ -88,18 +90,21 @@ def main(argv) -> None:
                                      tfrecord_pattern=FLAGS.tfrecord_pattern)
         print(f"training data: {source.name} ({source.num_examples or 'unknown number of'} "
               "images)", flush=True)
+        # train_and_eval: COCO AP of the val split at each epoch end (history, TensorBoard).
+        eval_dir = FLAGS.data_dir if FLAGS.mode == "train_and_eval" else None
         detector = trainer.DetectionTrainer(
             config, source, folder, strategy=strategy, name=name,
-            backbone_weights=FLAGS.backbone_weights, checkpoint_every=FLAGS.checkpoint_every)
+            backbone_weights=FLAGS.backbone_weights, checkpoint_every=FLAGS.checkpoint_every,
+            eval_data_dir=eval_dir, evaluator=FLAGS.evaluator)
         detector.train()
-        task, model, chief = detector.task, detector.model, detector.chief
-    else:
-        task, model = trainer.load_trained(config, folder)
-        height, width = config.data.max_size
-        print(f"evaluating {folder}: {name or 'unnamed experiment'}, images resized to fit "
-              f"{height}x{width}", flush=True)
-    if FLAGS.mode in ("eval", "train_and_eval") and chief:
-        trainer.evaluate(task, model, FLAGS.data_dir, evaluator=FLAGS.evaluator)
+        if detector.chief and eval_dir is not None:  # the last epoch's evaluation
+            print(json.dumps(detector.task.last_metrics), flush=True)
+        return
+    task, model = trainer.load_trained(config, folder)
+    height, width = config.data.max_size
+    print(f"evaluating {folder}: {name or 'unnamed experiment'}, images resized to fit "
+          f"{height}x{width}", flush=True)
+    trainer.evaluate(task, model, FLAGS.data_dir, evaluator=FLAGS.evaluator)
 
 
 if __name__ == "__main__":

@@ -215,7 +215,7 @@ def test_detection_run_killed_after_a_checkpoint_resumes_from_it(tmp_path):
     assert 1 <= killed_at < steps, latest
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"Resumed from {latest} at step {killed_at}/{steps}." in done.stdout, done.stdout
+    assert f"Resumed from {latest} at step {killed_at}/{steps} " in done.stdout, done.stdout
     final = next(line for line in done.stdout.splitlines() if line.startswith("Final:"))
     assert f"trained {steps - killed_at} steps" in final and f"step {steps}/{steps}" in final
     assert (model_dir / trainer.WEIGHTS).exists()
