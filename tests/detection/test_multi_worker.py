@@ -32,7 +32,7 @@ def test_two_workers_train_detector_in_lock_step(tmp_path):
     args = ["--experiment", "mask_rcnn_res2net50_fpn_synthetic", "--data_dir", str(data_dir),
             "--data", "tfrecord", "--model_dir", model_dir, "--strategy", "multi_worker",
             "--steps", "2", "--batch_size", "2", "--max_size", "64"]
-    outputs = run_workers(script_popen(os.path.join("train", "coco.py")), args, timeout=300)
+    outputs = run_workers(script_popen(os.path.join("train", "coco.py")), args, timeout=1200)
     digests = weight_digests(outputs)
     assert digests[0] == digests[1]
     assert all("step 2/2" in out for out in outputs)
