@@ -7,19 +7,22 @@
     TF_CONFIG=... python train/coco.py --experiment ... --strategy multi_worker ...
 
 Flags only; the work is in `keras_res2net.detection` (configs, task, trainer). Training runs
-under the classification trainer's tf.distribute strategies (`--strategy`). Every run folder
-carries `experiment.json` (the resolved config, overrides included): `--mode eval --checkpoint
-DIR` rebuilds the model from it (a training run or `keras_res2net.detection.convert`'s output),
-so `--experiment` is only needed for a new run or a folder without the file. Bad flags, a
-missing run folder or weights, a folder of another experiment, or bad data (invalid or
-incomplete COCO JSON, an empty annotation set, images that do not decode) stop with one line
-(or a list of the bad images) and exit 2, before training; failed work exits 1; `--verbose`
-adds the traceback. Every image is decoded once up front (`--check_images`); a corrupt one
-stops the run, or with `--skip_bad_images` is left out and counted.
+in the one trainer of every task (`keras_res2net.training.trainer`) under any tf.distribute
+strategy (`--strategy`); `--mode train_and_eval` evaluates COCO AP at each epoch end. Every run
+folder carries `experiment.json` (the resolved config, overrides included): `--mode eval
+--checkpoint DIR` rebuilds the model from it (a training run or the output of
+`keras_res2net.detection.convert`), so `--experiment` is only needed for a new run or a folder
+without the file. Bad flags, a missing run folder or weights, a folder of another experiment,
+or bad data (invalid or incomplete COCO JSON, an empty annotation set, images that do not
+decode) stop with one line (or a list of the bad images) and exit 2, before training; failed
+work exits 1; `--verbose` adds the traceback. Every image is decoded once up front
+(`--check_images`); a corrupt one stops the run, or with `--skip_bad_images` is left out and
+counted.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import NoReturn
 
@@ -97,8 +100,6 @@ def run() -> None:
         FLAGS.mode, experiment=FLAGS.experiment, model_dir=FLAGS.model_dir,
         checkpoint=FLAGS.checkpoint, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
         max_size=FLAGS.max_size)
-    chief = True
-    evaluating = FLAGS.mode in ("eval", "train_and_eval")
     if FLAGS.mode in ("train", "train_and_eval"):
         # The strategy first: multi_worker configures collectives, before any TF op runs.
         strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu, device=FLAGS.device)
@@ -107,23 +108,26 @@ def run() -> None:
                                      tfrecord_pattern=FLAGS.tfrecord_pattern,
                                      check_images=FLAGS.check_images,
                                      skip_bad_images=FLAGS.skip_bad_images)
-        if evaluating:  # the validation split is read at the end: refuse it now if bad
+        if FLAGS.mode == "train_and_eval":  # the val split is read each epoch: refuse it now
             sources.check_eval_data(config, FLAGS.data_dir, check_images=FLAGS.check_images)
         print(f"training data: {source.name} ({source.num_examples or 'unknown number of'} "
               "images)", flush=True)
+        # train_and_eval: COCO AP of the val split at each epoch end (history, TensorBoard).
+        eval_dir = FLAGS.data_dir if FLAGS.mode == "train_and_eval" else None
         detector = trainer.DetectionTrainer(
             config, source, folder, strategy=strategy, name=name,
-            backbone_weights=FLAGS.backbone_weights, checkpoint_every=FLAGS.checkpoint_every)
+            backbone_weights=FLAGS.backbone_weights, checkpoint_every=FLAGS.checkpoint_every,
+            eval_data_dir=eval_dir, evaluator=FLAGS.evaluator)
         detector.train()
-        task, model, chief = detector.task, detector.model, detector.chief
-    else:
-        sources.check_eval_data(config, FLAGS.data_dir, check_images=FLAGS.check_images)
-        task, model = trainer.load_trained(config, folder)
-        height, width = config.data.max_size
-        print(f"evaluating {folder}: {name or 'unnamed experiment'}, images resized to fit "
-              f"{height}x{width}", flush=True)
-    if evaluating and chief:
-        trainer.evaluate(task, model, FLAGS.data_dir, evaluator=FLAGS.evaluator)
+        if detector.chief and eval_dir is not None:  # the last epoch's evaluation
+            print(json.dumps(detector.task.last_metrics), flush=True)
+        return
+    sources.check_eval_data(config, FLAGS.data_dir, check_images=FLAGS.check_images)
+    task, model = trainer.load_trained(config, folder)
+    height, width = config.data.max_size
+    print(f"evaluating {folder}: {name or 'unnamed experiment'}, images resized to fit "
+          f"{height}x{width}", flush=True)
+    trainer.evaluate(task, model, FLAGS.data_dir, evaluator=FLAGS.evaluator)
 
 
 if __name__ == "__main__":

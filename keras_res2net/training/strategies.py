@@ -1,6 +1,6 @@
 """`--strategy` names to `tf.distribute` strategies, and who is the chief.
 
-Every strategy goes through the same custom loop (see `loop.py`), so this module only builds
+Every strategy goes through the same custom loop (see `trainer.py`), so this module only builds
 the strategy: `multi_worker` reads the cluster from `TF_CONFIG`, `tpu` connects to `--tpu`.
 """
 

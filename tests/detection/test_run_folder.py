@@ -55,8 +55,23 @@ def test_trainer_writes_experiment_json_and_refuses_another_experiment(tmp_path)
     config.data.max_size, config.data.batch_size = (64, 64), 1
     config.train.steps, config.train.decay_steps, config.train.warmup_steps = 1, (), 0
     model_dir = tmp_path / "run"
-    trainer.train(config, data_dir, model_dir, name=EXPERIMENT)
+    task, model, _ = trainer.train(config, data_dir, model_dir, name=EXPERIMENT,
+                                   eval_data_dir=data_dir)
     assert experiment_io.load_experiment(model_dir) == config  # overrides included
+    # The one trainer's curves: every loss term and the COCO AP of the epoch-end evaluation
+    # (the metric of the trained weights, as a separate evaluation computes it).
+    (record,) = json.loads((model_dir / "history.json").read_text())
+    assert {"rpn_cls_loss", "mask_loss", "total_loss", "lr"} <= set(record)
+    metrics = trainer.evaluate(task, model, data_dir, verbose=False)
+    assert record["val_bbox_AP"] == metrics["bbox"]["AP"]
+    assert record["val_segm_AP50"] == metrics["segm"]["AP50"]
+    assert (model_dir / "history.png").stat().st_size > 1000
+    import tensorflow as tf
+
+    tags = {value.tag for path in (model_dir / "tensorboard").iterdir()
+            for event in tf.compat.v1.train.summary_iterator(str(path))
+            for value in event.summary.value}
+    assert {"train/rpn_cls_loss", "train/total_loss", "validation/bbox_AP"} <= tags, tags
     assert experiment_io.saved_name(model_dir) == EXPERIMENT
     task, _ = trainer.load_trained(None, model_dir)
     assert task.config.data.max_size == (64, 64)
@@ -215,7 +230,7 @@ def test_detection_run_killed_after_a_checkpoint_resumes_from_it(tmp_path):
     assert 1 <= killed_at < steps, latest
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"Resumed from {latest} at step {killed_at}/{steps}." in done.stdout, done.stdout
+    assert f"Resumed from {latest} at step {killed_at}/{steps} " in done.stdout, done.stdout
     final = next(line for line in done.stdout.splitlines() if line.startswith("Final:"))
     assert f"trained {steps - killed_at} steps" in final and f"step {steps}/{steps}" in final
     assert (model_dir / trainer.WEIGHTS).exists()

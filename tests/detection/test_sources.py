@@ -45,7 +45,8 @@ def test_tfds_source_feeds_the_distributed_pipeline(tmp_path):
     with tfds.testing.mock_data(as_dataset_fn=coco_examples):
         source = sources.open_source("tfds", config, tmp_path)
         detector = trainer.DetectionTrainer(config, source, tmp_path / "run")
-        dist = detector.strategy.distribute_datasets_from_function(detector._dataset)
+        dist = detector.strategy.distribute_datasets_from_function(
+            lambda context: detector.task.train_dataset(context, epoch=0, skip=0))
         batch = next(iter(dist))
     assert batch["images"].shape == (2, 32, 64, 3)  # 40x80 resized to fit 64, padded to 32
     # Crowd object dropped, labels + 1 (see test_tfds_coco.py); shuffled, so either order.

@@ -23,7 +23,7 @@ SCRIPT = os.path.join(ROOT, "train", "imagenet.py")
 # of step KILL_AT, so the test kills the run at that point, not wherever it got to.
 STOP_AFTER_CHECKPOINT = """
 import os, runpy, signal, sys
-from keras_res2net.training import loop
+from keras_res2net.training import trainer as loop
 
 save = loop.Trainer.save
 
@@ -89,7 +89,7 @@ def test_sigkill_then_resume(tmp_path, tiny_config, train_script):
 
     result = train_script.run(args, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"at step {killed_at} " in result.stdout
+    assert f"at step {killed_at}/{EPOCHS * STEPS} " in result.stdout
     total = EPOCHS * STEPS
     assert f"trained {total - killed_at} steps" in result.stdout
     assert re.search(rf"step {total}/{total}", result.stdout)
