@@ -38,7 +38,7 @@ def test_resume_may_change_the_schedule_but_not_the_model_or_data(tmp_path):
     with pytest.raises(experiment_io.ExperimentMismatchError) as refused:
         experiment_io.check_resumable(tmp_path, other)
     message = str(refused.value)
-    assert "\n" not in message and "and 2 more" in message  # roi beta, semantic maps
+    assert "\n" not in message and "and 3 more" in message  # roi beta, semantic maps, border
     assert "model.cascade: null in the folder" in message.split(";")[0]  # what says most
     experiment_io.check_resumable(tmp_path / "fresh", other)  # no experiment.json: any
     # Reading a folder: a named experiment of another model is refused, not silently replaced.
