@@ -21,7 +21,7 @@ from keras_res2net.export import detection, detection_artifacts
 
 
 def confident_run(folder, experiment: str = "mask_rcnn_res2net50_fpn_synthetic",
-                  factor: float = 30.0, heads=None, post_nms_topk: int | None = None):
+                  factor: float = 8.0, heads=None, post_nms_topk: int | None = None):
     """A run folder of `experiment` with seeded random weights whose class and mask logits
     are scaled by `factor`: an untrained detector with detections above the score threshold
     and well-separated scores, for checks and benchmarks without a training run."""
