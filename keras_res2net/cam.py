@@ -241,9 +241,9 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarra
 
 
 def _load(model_name: str, weights: str | None):
-    """(model, resize, crop) the way `predict` loads and evaluates it."""
+    """(model, its `PretrainedConfig` evaluation transform), the way `predict` loads it: a
+    variant name takes its checkpoint's own settings (`keras_res2net.pretrained_config`)."""
     from keras_res2net import predict, variants
-    from keras_res2net.imagenet import EVAL_CROP, EVAL_RESIZE
 
     if model_name.endswith(".keras"):
         if weights:
@@ -254,22 +254,17 @@ def _load(model_name: str, weights: str | None):
         if len(shape) != 4 or shape[-1] != 3 or not shape[1] or shape[1] != shape[2]:
             raise UsageError(f"--model {model_name}: input shape {shape} is not square RGB "
                              "images.")
-        resize, crop = predict.keras_eval_transform(model_name, shape[1])
-        return model, resize, crop
+        return model, predict.keras_eval_transform(model_name, shape[1])
     if not weights:
         raise UsageError(f"--model {model_name} needs --weights ('imagenet', a .weights.h5 or a "
                          "checkpoint), or pass a .keras file as --model.")
     try:
-        spec = variants.get_variant(model_name)
+        variants.get_variant(model_name)
     except ValueError as err:
         raise UsageError(f"--model: {err}") from err
     from keras_res2net.models import create_model
 
-    model = create_model(model_name, weights=weights)
-    if spec.family == "cifar":  # 32x32 images, seen whole
-        size = model.input_shape[1]
-        return model, size, size
-    return model, EVAL_RESIZE, EVAL_CROP
+    return create_model(model_name, weights=weights), variants.pretrained_config(model_name)
 
 
 def _output_names(paths: list[str], suffix: str) -> list[str]:
@@ -296,9 +291,10 @@ def run(paths: list[str], model_name: str, weights: str | None, out_dir: str,
         raise UsageError(f"--out_dir {out_dir}: exists and is not a folder.")
     stems = _output_names(paths, "_gradcampp" if plus else "_gradcam")
     predict.check_images(paths)  # every image readable before the model is built
-    model, resize, crop = _load(model_name, weights)
-    images = np.stack([predict.load_eval_image(path, resize, crop) for path in paths])
-    result = class_activation_maps(model, preprocess_input(images), class_index, layer, plus)
+    model, config = _load(model_name, weights)
+    images = np.stack([predict.load_eval_image(path, config) for path in paths])
+    result = class_activation_maps(model, preprocess_input(images, config.mean, config.std),
+                                   class_index, layer, plus)
     labels = ([label for _, label in imagenet_classes()]
               if model.output.shape[-1] == 1000 else None)
     written = []
