@@ -58,7 +58,8 @@ def report(err: BaseException, prog: str, verbose: bool = False) -> int:
     return code
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it), for the modes of renamed files."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -91,7 +92,7 @@ def atomic_file(final_path: str, prefix: str = ".partial-") -> Iterator[str]:
         raise WorkError(os_error_message(err, final_path)) from err
     try:
         yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, final_path)
     except OSError as err:
         raise WorkError(os_error_message(err, final_path)) from err

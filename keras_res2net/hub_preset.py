@@ -19,7 +19,13 @@ import tempfile
 import keras
 import numpy as np
 
-from keras_res2net.cli_errors import UsageError, WorkError, os_error_message, remove_stale
+from keras_res2net.cli_errors import (
+    UsageError,
+    WorkError,
+    current_umask,
+    os_error_message,
+    remove_stale,
+)
 from keras_res2net.variants import PretrainedConfig, VariantSpec, get_variant
 
 TEMP_PREFIX = ".converting-preset-"
@@ -129,19 +135,13 @@ def write_preset(model: keras.Model, spec: VariantSpec, pretrained: PretrainedCo
             raise WorkError(os_error_message(err, preset_dir)) from err
         _verify(temporary, model, verify_size)
         written = sorted(os.listdir(temporary))
-        os.chmod(temporary, 0o777 & ~_umask())
+        os.chmod(temporary, 0o777 & ~current_umask())
         _replace_folder(temporary, preset_dir)
     finally:
         with contextlib.suppress(OSError):
             if os.path.isdir(temporary):
                 shutil.rmtree(temporary)
     return written
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _replace_folder(source: str, destination: str) -> None:
