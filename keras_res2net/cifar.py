@@ -21,9 +21,9 @@ Res2NeXt rows to the printed 0.1M), where the ImageNet block falls 0.55-0.84M sh
 from __future__ import annotations
 
 import dataclasses
-import math
 
-from keras_res2net.blocks import batch_norm, bottle2neck, conv, conv_bn_relu
+from keras_res2net.blocks import conv_bn_relu
+from keras_res2net.trunks import bottle2neck_stages
 
 CIFAR_PLANES = (64, 128, 256)
 CIFAR_LAYERS = (3, 3, 3)  # 29 = 9 blocks x 3 layers + stem + classifier
@@ -68,23 +68,7 @@ def cifar_trunk(x, *, layers_per_stage, base_width: int, scale: int, cardinality
     (`conv1`, `layer1_0_conv1`, ...), so stage names work alike.
     """
     x = conv_bn_relu(x, CIFAR_STEM, 3, name="conv1", bn_name="bn1", relu_name="relu")
-    in_channels = CIFAR_STEM
-    features = {}
-    for stage, (planes, blocks) in enumerate(zip(CIFAR_PLANES, layers_per_stage, strict=True)):
-        width = int(math.floor(planes * base_width / 64.0)) * cardinality
-        out_channels = planes * EXPANSION
-        for index in range(blocks):
-            name = f"layer{stage + 1}_{index}"
-            stride = 2 if (stage > 0 and index == 0) else 1
-            needs_projection = stride != 1 or in_channels != out_channels
-            shortcut = x
-            if needs_projection:
-                shortcut = conv(x, out_channels, 1, stride=stride, name=f"{name}_downsample_0")
-                shortcut = batch_norm(shortcut, f"{name}_downsample_1")
-            x = bottle2neck(x, shortcut, width=width, scale=scale, cardinality=cardinality,
-                            out_channels=out_channels, stride=stride, is_stage=needs_projection,
-                            stage_pool=True, name=name, fuse_stage_convs=fuse_stage_convs,
-                            stage_conv_last=True)
-            in_channels = out_channels
-        features[f"P{stage + 1}"] = x
-    return features
+    return bottle2neck_stages(
+        x, CIFAR_STEM, CIFAR_PLANES, layers_per_stage, expansion=EXPANSION,
+        base_width=base_width, scale=scale, cardinality=cardinality, stage_conv_last=True,
+        fuse_stage_convs=fuse_stage_convs, first_level=1)

@@ -45,12 +45,23 @@ def resnet_trunk(x, *, layers_per_stage, base_width: int, scale: int, cardinalit
                  deep_stem: bool, avg_down: bool, stage_pool: bool = True,
                  fuse_stage_convs: bool = False) -> dict:
     """Stem plus four stages of Bottle2neck blocks (official `res2net.py` / `res2net_v1b.py`)."""
-    x = resnet_stem(x, deep_stem)
-    in_channels = 64
+    return bottle2neck_stages(
+        resnet_stem(x, deep_stem), 64, RESNET_PLANES, layers_per_stage,
+        expansion=RESNET_EXPANSION, base_width=base_width, scale=scale, cardinality=cardinality,
+        avg_down=avg_down, stage_pool=stage_pool, fuse_stage_convs=fuse_stage_convs)
+
+
+def bottle2neck_stages(x, in_channels: int, planes, layers_per_stage, *, expansion: int,
+                       base_width: int, scale: int, cardinality: int, avg_down: bool = False,
+                       stage_pool: bool = True, stage_conv_last: bool = False,
+                       fuse_stage_convs: bool = False, first_level: int = 2) -> dict:
+    """The ResNet-style stages after a stem (ImageNet and CIFAR trunks): each stage's first
+    block strides 2 (but the first stage's) and projects its shortcut; returns each stage's
+    output as `{"P<first_level>": ..., ...}`."""
     features = {}
-    for stage, (planes, blocks) in enumerate(zip(RESNET_PLANES, layers_per_stage, strict=True)):
-        width = int(math.floor(planes * base_width / 64.0)) * cardinality
-        out_channels = planes * RESNET_EXPANSION
+    for stage, (stage_planes, blocks) in enumerate(zip(planes, layers_per_stage, strict=True)):
+        width = int(math.floor(stage_planes * base_width / 64.0)) * cardinality
+        out_channels = stage_planes * expansion
         for index in range(blocks):
             name = f"layer{stage + 1}_{index}"
             stride = 2 if (stage > 0 and index == 0) else 1
@@ -59,10 +70,10 @@ def resnet_trunk(x, *, layers_per_stage, base_width: int, scale: int, cardinalit
                         if needs_projection else x)
             x = bottle2neck(x, shortcut, width=width, scale=scale, cardinality=cardinality,
                             out_channels=out_channels, stride=stride, is_stage=needs_projection,
-                            stage_pool=stage_pool, name=name,
-                            fuse_stage_convs=fuse_stage_convs)
+                            stage_pool=stage_pool, name=name, fuse_stage_convs=fuse_stage_convs,
+                            stage_conv_last=stage_conv_last)
             in_channels = out_channels
-        features[f"P{stage + 2}"] = x
+        features[f"P{stage + first_level}"] = x
     return features
 
 
