@@ -9,7 +9,8 @@ import keras
 import numpy as np
 
 from keras_res2net.detection.modeling.fpn import FPN
-from keras_res2net.detection.modeling.heads import MaskHead
+from keras_res2net.detection.modeling.heads import BoxHead, MaskHead
+from keras_res2net.detection.modeling.semantic import FusedSemanticHead
 
 
 def test_fpn_convs_are_xavier_uniform():
@@ -41,3 +42,34 @@ def test_mask_head_convs_are_kaiming_normal_fan_out():
     # Untruncated: among 9216 normal draws some lie beyond 3 std (truncation stops at 2).
     first = np.asarray(head.convs[0].kernel)
     assert np.abs(first).max() > 3.0 * np.sqrt(2.0 / (64 * 9))
+
+
+def _box_head_kernels(seed: int) -> list[np.ndarray]:
+    """fc_cls kernels of three cascade-stage box heads built after `set_random_seed(seed)`."""
+    keras.utils.set_random_seed(seed)
+    kernels = []
+    for stage in range(3):
+        head = BoxHead(num_classes=3, fc_dim=32, class_agnostic=True, name=f"stage{stage}")
+        head(np.zeros((1, 2, 7, 7, 8), np.float32))
+        kernels.append(np.asarray(head.cls.kernel))
+    return kernels
+
+
+def test_equal_shaped_layers_start_apart_and_follow_the_seed():
+    """One shared unseeded Keras initializer draws the same values for every call of one
+    shape, and is seeded when the module is imported: the three cascade stages' classifiers
+    (and HTC's four semantic convs) started equal, and `set_random_seed` did not reach them."""
+    first, second, third = _box_head_kernels(0)
+    assert not np.array_equal(first, second) and not np.array_equal(second, third)
+    np.testing.assert_allclose(first.std(), 0.01, rtol=0.2)  # mmdetection's normal_init(0.01)
+    assert all(np.array_equal(a, b) for a, b in zip(_box_head_kernels(0), (first, second, third),
+                                                    strict=True))
+    assert not np.array_equal(_box_head_kernels(1)[0], first)
+
+    keras.utils.set_random_seed(0)
+    semantic = FusedSemanticHead(num_classes=4, channels=16, num_convs=2, levels=("P2", "P3"),
+                            fusion_level="P3")
+    semantic({"P2": np.zeros((1, 8, 8, 16), np.float32),
+              "P3": np.zeros((1, 4, 4, 16), np.float32)})
+    assert not np.array_equal(np.asarray(semantic.convs[0].kernel),
+                              np.asarray(semantic.convs[1].kernel))

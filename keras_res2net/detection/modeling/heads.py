@@ -10,8 +10,14 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-_SMALL = keras.initializers.RandomNormal(stddev=0.01)
-_BOX = keras.initializers.RandomNormal(stddev=0.001)
+
+def normal_init(stddev: float):
+    """mmdetection's `normal_init(std=...)` for the RPN convs and the box classifier (0.01)
+    and regressor (0.001). A new initializer per layer: one shared, unseeded Keras
+    initializer draws the same values for every layer of the same shape (the three cascade
+    stages' classifiers would start equal) and is seeded at import time, out of reach of
+    `keras.utils.set_random_seed`."""
+    return keras.initializers.RandomNormal(stddev=stddev)
 
 
 def kaiming_fan_out():
@@ -34,9 +40,11 @@ class RPNHead(keras.layers.Layer):
         self.channels = channels
         self.num_anchors = num_anchors
         self.conv = layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                  kernel_initializer=_SMALL, name="rpn_conv")
-        self.cls = layers.Conv2D(num_anchors, 1, kernel_initializer=_SMALL, name="rpn_cls")
-        self.reg = layers.Conv2D(4 * num_anchors, 1, kernel_initializer=_SMALL, name="rpn_reg")
+                                  kernel_initializer=normal_init(0.01), name="rpn_conv")
+        self.cls = layers.Conv2D(num_anchors, 1, kernel_initializer=normal_init(0.01),
+                                 name="rpn_cls")
+        self.reg = layers.Conv2D(4 * num_anchors, 1, kernel_initializer=normal_init(0.01),
+                                 name="rpn_reg")
 
     def call(self, features: dict):
         scores, deltas = {}, {}
@@ -68,8 +76,10 @@ class BoxHead(keras.layers.Layer):
         self.box_classes = 1 if class_agnostic else num_classes
         self.fc1 = layers.Dense(fc_dim, activation="relu", name="shared_fc1")
         self.fc2 = layers.Dense(fc_dim, activation="relu", name="shared_fc2")
-        self.cls = layers.Dense(num_classes + 1, kernel_initializer=_SMALL, name="fc_cls")
-        self.reg = layers.Dense(4 * self.box_classes, kernel_initializer=_BOX, name="fc_reg")
+        self.cls = layers.Dense(num_classes + 1, kernel_initializer=normal_init(0.01),
+                                name="fc_cls")
+        self.reg = layers.Dense(4 * self.box_classes, kernel_initializer=normal_init(0.001),
+                                name="fc_reg")
 
     def build(self, input_shape):
         features = 1

@@ -16,10 +16,11 @@ import math
 import keras
 from keras import layers, ops
 
+from keras_res2net.detection.modeling.heads import kaiming_fan_out
 from keras_res2net.detection.modeling.roi_align import multilevel_roi_align
 
-# mmdetection: Kaiming normal, fan_out, for every conv of the head (conv_logits included).
-_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+# mmdetection: Kaiming normal, fan_out, for every conv of the head (conv_logits included);
+# `kaiming_fan_out()` makes a new initializer per layer, so equal-shaped convs differ.
 
 
 def _resize_axis(x, axis: int, out_size, align_corners: bool):
@@ -63,14 +64,16 @@ class FusedSemanticHead(keras.layers.Layer):
         self.levels = tuple(levels)
         self.align_corners = align_corners
         self.laterals = {lv: layers.Conv2D(channels, 1, activation="relu",
-                                           kernel_initializer=_INIT, name=f"lateral_{lv}")
+                                           kernel_initializer=kaiming_fan_out(),
+                                           name=f"lateral_{lv}")
                          for lv in self.levels}
         self.convs = [layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                    kernel_initializer=_INIT, name=f"semantic_conv{i}")
+                                    kernel_initializer=kaiming_fan_out(), name=f"semantic_conv{i}")
                       for i in range(num_convs)]
         self.conv_embedding = layers.Conv2D(channels, 1, activation="relu",
-                                            kernel_initializer=_INIT, name="conv_embedding")
-        self.conv_logits = layers.Conv2D(num_classes, 1, kernel_initializer=_INIT,
+                                            kernel_initializer=kaiming_fan_out(),
+                                            name="conv_embedding")
+        self.conv_logits = layers.Conv2D(num_classes, 1, kernel_initializer=kaiming_fan_out(),
                                          name="conv_logits")
 
     def call(self, features: dict):
