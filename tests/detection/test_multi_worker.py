@@ -6,7 +6,7 @@ reading its shard of Model Garden-style TFRecords), checkpointing every step. Th
 replays the last step in this process from the workers' step-1 checkpoint (model and AdamW
 state): the global batch is the two workers' shards (they must differ), each through its own
 forward pass (BatchNorm on its own image) with its own RoI-sampling seed state (each
-worker's `SeedGenerator` advanced by step 1, as the reference's is by step 1's losses), each
+worker's `SeedGenerator` as advanced by step 1, as the reference's is by step 1's losses), each
 gradient divided by the 2 replicas and clipped as the task clips, then summed, one AdamW
 update. The workers' final weights must be that update: every trainable weight moved in
 step 2, and the distance to the reference is below 1% of the distance moved (L2 over all
@@ -16,7 +16,8 @@ missing from the update end far off; no update at all fails "every weight moved"
 Measured (2 loaded cores): distance to the reference / distance moved 8.9e-5 (largest
 difference 9.7e-8; step 2's learning rate is 5e-6, the schedule decayed by 100 at step 1 of
 2, and the weights moved 1.2e-6 to 5.0e-6). Broken on purpose: data not sharded 0.44;
-worker 1's gradient zeroed before the update 0.76. With the flips drawn by a stateful op in
+worker 1's gradient zeroed before the update 0.76; the reference's sampling seed left at
+its start (not advanced by step 1) 0.18. With the flips drawn by a stateful op in
 the parallel map (before `build_dataset` keyed them by position) the real code measured
 0.96: the reference flipped other images than the workers.
 
@@ -75,16 +76,20 @@ def _replay_last_step(config, data_dir, checkpoints: str) -> tuple[list, list, l
                                     max_size=data.max_size, size_divisor=data.size_divisor,
                                     max_instances=data.max_instances, training=True,
                                     seed=config.train.seed * 1000)) for i in range(WORKERS)]
-    replicas = [DetectionTask(config) for _ in range(WORKERS)]  # one sampling seed each
-    for _ in range(STEPS - 1):  # the batches and sampling draws of the steps before
-        for task, iterator in zip(replicas, iterators, strict=True):
-            task.build_losses(model, next(iterator))
+    # Every worker's RoI-sampling SeedGenerator starts from the same seed and draws as often
+    # per step: each replica's state at step STEPS is this one's after the steps before.
+    sampler = DetectionTask(config)
+    for _ in range(STEPS - 1):  # their batches, and their draws (step 1's losses)
+        batches = [next(iterator) for iterator in iterators]
+        sampler.build_losses(model, batches[0])
+    state = np.array(sampler.seed.state)
     batches = [next(iterator) for iterator in iterators]
     assert not np.array_equal(batches[0]["images"], batches[1]["images"])  # shards differ
     total = [None] * len(variables)  # each replica's clipped gradient, summed
-    for task, batch in zip(replicas, batches, strict=True):
+    for batch in batches:
+        sampler.seed.state.assign(state)  # this replica's own sampling state
         with tf.GradientTape() as tape:
-            loss = task.build_losses(model, batch)["total_loss"] / WORKERS
+            loss = sampler.build_losses(model, batch)["total_loss"] / WORKERS
         grads = tape.gradient(loss, variables)
         assert all(g is not None for g in grads), "a trainable weight has no gradient"
         grads, _ = tf.clip_by_global_norm(grads, config.train.gradient_clip_norm)
