@@ -9,13 +9,15 @@ forward pass (BatchNorm on its own image) with its own RoI-sampling seed state (
 worker's `SeedGenerator` as advanced by step 1, as the reference's is by step 1's losses), each
 gradient divided by the 2 replicas and clipped as the task clips, then summed, one AdamW
 update. The workers' final weights must be that update: every trainable weight moved in
-step 2, and the distance to the reference is below 1% of the distance moved (L2 over all
+step 2, and the distance to the reference is below 5% of the distance moved (L2 over all
 trainable weights). Unsharded data (both workers on the same images) or a worker's gradient
 missing from the update end far off; no update at all fails "every weight moved".
 
-Measured (2 loaded cores): distance to the reference / distance moved 8.9e-5 (largest
-difference 9.7e-8; step 2's learning rate is 5e-6, the schedule decayed by 100 at step 1 of
-2, and the weights moved 1.2e-6 to 5.0e-6). Broken on purpose: data not sharded 0.44;
+Measured (2 loaded cores): distance to the reference / distance moved 8.9e-5 and 1.0e-3 in
+two runs (largest difference 9.7e-8, 1.4e-6). Step 2's learning rate is 5e-6 (the schedule
+decays by 100 at step 1 of 2) and the weights move 1.1e-6 to 5.0e-6, so float32 rounding
+weighs: a BatchNorm gamma near 1 moves by some 40 ulps, and one ulp (1.2e-7) apart is
+common; hence a relative bound, 5% as the classification test's. Broken on purpose: data not sharded 0.44;
 worker 1's gradient zeroed before the update 0.76; the reference's sampling seed left at
 its start (not advanced by step 1) 0.18. With the flips drawn by a stateful op in
 the parallel map (before `build_dataset` keyed them by position) the real code measured
@@ -47,7 +49,7 @@ from keras_res2net.detection.trainer import CHECKPOINTS, WEIGHTS, apply_override
 
 EXPERIMENT = "mask_rcnn_res2net50_fpn_synthetic"
 STEPS, WORKERS = 2, 2
-RELATIVE = 0.01  # |workers - reference| / |workers - step 1| over all trainable weights
+RELATIVE = 0.05  # |workers - reference| / |workers - step 1| over all trainable weights
 
 
 def _replay_last_step(config, data_dir, checkpoints: str) -> tuple[list, list, list]:
