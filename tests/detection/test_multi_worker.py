@@ -17,11 +17,11 @@ Measured (2 loaded cores): distance to the reference / distance moved 8.9e-5 and
 two runs (largest difference 9.7e-8, 1.4e-6). Step 2's learning rate is 5e-6 (the schedule
 decays by 100 at step 1 of 2) and the weights move 1.1e-6 to 5.0e-6, so float32 rounding
 weighs: a BatchNorm gamma near 1 moves by some 40 ulps, and one ulp (1.2e-7) apart is
-common; hence a relative bound, 5% as the classification test's. Broken on purpose: data not sharded 0.44;
-worker 1's gradient zeroed before the update 0.76; the reference's sampling seed left at
-its start (not advanced by step 1) 0.18. With the flips drawn by a stateful op in
-the parallel map (before `build_dataset` keyed them by position) the real code measured
-0.96: the reference flipped other images than the workers.
+common; hence a relative bound, 5% as the classification test's. Broken on purpose: data
+not sharded 0.44; worker 1's gradient zeroed before the update 0.76; the reference's
+sampling seed left at its start (not advanced by step 1) 0.18. With the flips drawn by a
+stateful op in the parallel map (before `build_dataset` keyed them by position) the real
+code measured 0.96: the reference flipped other images than the workers.
 
 Why step 2 from the checkpoint and not both steps from a fresh build: the RPN and box-head
 initialisers are module-level `RandomNormal` instances whose seeds Python's unseeded
