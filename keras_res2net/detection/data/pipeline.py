@@ -221,13 +221,21 @@ def build_dataset(dataset: CocoDataset | tf.data.Dataset, *, batch_size: int,
         buffer = 10_000 if undecoded else 1000  # records are small, decoded images are not
         data = data.shuffle(min(size or buffer, buffer), seed=seed).repeat()
 
-    def transform(example):
+    # Each example's flip is a stateless draw keyed by (seed, its position in the stream), so
+    # a seeded pipeline flips the same examples on every run and resume; a stateful
+    # `tf.random.uniform` in the parallel map below draws in whatever order its threads run.
+    flip_seed = seed if seed is not None else int(np.random.randint(2**31))
+
+    def transform(position, example):
         if undecoded:
             example = decode_record(example, mask_crop_size)
-        flip = tf.random.uniform([], seed=seed) < 0.5 if training else None
+        flip = None
+        if training:
+            key = tf.stack([tf.constant(flip_seed, tf.int64), position])
+            flip = tf.random.stateless_uniform([], seed=key) < 0.5
         return resize_and_pad(example, max_size, size_divisor, flip, mask_crop_size)
 
-    data = data.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    data = data.enumerate().map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     padded_shapes = {"images": [None, None, 3], "boxes": [max_instances, 4],
                      "classes": [max_instances], "mask_crops": [max_instances, None, None],
                      "image_ids": [], "scales": [2], "original_sizes": [2],
