@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py [--repeats 9] [--threads 2] [--batches 1,8]
         [--reference-python /tmp/ref-venv/bin/python] [--no-edge] [--no-keras]
+        [--no-detection] [--no-agreement] [--digits-model PATH]
 
 Keras part: for each pair (ours, keras.applications model) at each batch size, three forward
 passes run in alternation in one process (ours plain, ours with `fold_batchnorm`, the
@@ -10,11 +11,17 @@ with torch and timm is given), so machine noise hits all of them alike; medians 
 are printed. Edge part: Res2Net-50 (folded, as `res2net-export` writes it) as TFLite fp32,
 TFLite int8 and ONNX, all on `--threads` threads (TFLite with its default XNNPACK delegate,
 onnxruntime with intra-op threads), plus TFLite fp32 with the interpreter's default thread
-setting, timed in alternation at batch 1. The load average is printed at start and end: on a
-shared machine only the ratios mean something. Parameters are counted as PyTorch does
-(BatchNorm running statistics excluded): 25,699,120 for res2net50_26w_4s.
+setting, timed in alternation at batch 1; then int8 vs fp32 top-1 agreement and speed on two
+models with meaningful outputs (`benchmarks/int8_agreement.py`: Res2Net-50 with a head fit on
+generated classes, and the digits model). Detection part: the synthetic Mask R-CNN at its
+test size, plain vs backbone BN folded (`detection.fold.fold_detector`), eager (as the predict
+CLI runs it) and as a `tf.function` (as evaluation runs it), in alternation. The load average
+is printed at start and end: on a shared machine only the ratios mean something. Parameters
+are counted as PyTorch does (BatchNorm running statistics excluded): 25,699,120 for
+res2net50_26w_4s.
 Targets (figures, not tests): Res2Net-50 within 1.10x of ResNet50 and 0.75x of timm's time;
-TFLite fp32 no slower than onnxruntime; TFLite int8 3x faster than fp32.
+TFLite fp32 no slower than onnxruntime; TFLite int8 3x faster than fp32 with >= 99% top-1
+agreement.
 """
 
 from __future__ import annotations
@@ -217,6 +224,61 @@ def edge_section(args) -> None:
         print(f"{name:28s} {seconds * 1e3:>8.1f} {seconds / base:>14.2f}x")
 
 
+def detection_section(args) -> None:
+    """The detector's test-time latency, plain vs backbone-folded, in alternation."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_res2net.detection import configs, deploy
+    from keras_res2net.detection.data.synthetic import make_image
+    from keras_res2net.detection.fold import fold_detector
+    from keras_res2net.detection.task import DetectionTask
+
+    config = configs.get_experiment(args.detection_experiment)
+    height, width = deploy.default_input_size(config)  # the experiment's test size
+    rng = np.random.default_rng(0)
+    image = (make_image(rng, height, 3)[0] if height == width else
+             rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    inputs = {"images": tf.constant(image[None].astype("float32"))}
+    keras.utils.set_random_seed(0)
+    plain = DetectionTask(config).build_model()
+    messages = []
+    folded = fold_detector(plain, log=messages.append)
+    graphs = {name: tf.function(lambda x, m=model: m(x, training=False))
+              for name, model in (("plain", plain), ("folded", folded))}
+    outputs = {name: {k: np.asarray(v) for k, v in graphs[name](inputs).items()}
+               for name in graphs}
+    same = (np.array_equal(outputs["plain"]["classes"], outputs["folded"]["classes"]) and
+            np.array_equal(outputs["plain"]["num_detections"],
+                           outputs["folded"]["num_detections"]))
+    box_diff = float(np.abs(outputs["plain"]["boxes"] - outputs["folded"]["boxes"]).max())
+    calls = {}
+    for name, model in (("plain", plain), ("folded", folded)):
+        calls[f"{name} eager"] = lambda m=model: np.asarray(m(inputs, training=False)["boxes"])
+    for name, graph in graphs.items():
+        calls[f"{name} tf.function"] = lambda g=graph: np.asarray(g(inputs)["boxes"])
+    t = time_alternately(calls, args.repeats)
+    print(f"\n{args.detection_experiment} at {height}x{width}, batch 1, median of "
+          f"{args.repeats} alternating rounds; {messages[0] if messages else ''}")
+    print(f"  folded vs plain: {int(outputs['plain']['num_detections'][0])} detections, "
+          f"{'same' if same else 'DIFFERENT'} counts and classes, boxes max|diff| "
+          f"{box_diff:.2g} px")
+    print(f"{'call':14s} {'plain ms':>9s} {'folded ms':>9s} {'fold/plain':>10s}")
+    for kind in ("eager", "tf.function"):
+        plain_ms, folded_ms = t[f"plain {kind}"] * 1e3, t[f"folded {kind}"] * 1e3
+        print(f"{kind:14s} {plain_ms:>9.1f} {folded_ms:>9.1f} {folded_ms / plain_ms:>10.2f}",
+              flush=True)
+
+
+def agreement_section(args) -> None:
+    """int8 vs fp32 agreement and speed on models with meaningful outputs."""
+    import int8_agreement  # beside this script
+
+    args.size = args.edge_size
+    int8_agreement.run_all(args)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
@@ -234,6 +296,15 @@ def main() -> int:
                         help="export the edge artifacts without folding BatchNorm")
     parser.add_argument("--calibration-size", type=int, default=32,
                         help="int8 calibration images (digits); latency does not depend on it")
+    parser.add_argument("--no-agreement", action="store_true",
+                        help="skip int8 agreement on models with meaningful outputs")
+    parser.add_argument("--no-detection", action="store_true",
+                        help="skip the detector's plain vs folded test-time latency")
+    parser.add_argument("--detection-experiment", default="mask_rcnn_res2net50_fpn_synthetic")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import int8_agreement  # beside this script
+
+    int8_agreement.add_arguments(parser)
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     configure_threads(args.threads)
@@ -257,6 +328,10 @@ def main() -> int:
             timm.close()
     if not args.no_edge:
         edge_section(args)
+        if not args.no_agreement:
+            agreement_section(args)
+    if not args.no_detection:
+        detection_section(args)
     print(f"end: {load()}")
     return 0
 

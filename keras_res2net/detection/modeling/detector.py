@@ -60,6 +60,9 @@ class TwoStageDetector(keras.Model):
 
     def extract(self, images, training: bool = False, image_sizes=None) -> dict:
         """FPN features P2..P6 of raw RGB images, normalised, then zero on the padding."""
+        if training and getattr(self, "backbone_folded", False):
+            raise ValueError(f"{self.name!r} has its backbone BatchNorm folded for inference "
+                             "(detection.fold.fold_detector): train the unfolded detector.")
         backbone_training = training and not self.config.backbone.norm_eval
         normalised = preprocess_input(images)
         if image_sizes is not None:
