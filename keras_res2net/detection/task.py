@@ -78,7 +78,7 @@ class DetectionTask:
         return build_dataset(dataset, batch_size=batch_size or data.batch_size,
                              max_size=data.max_size, size_divisor=data.size_divisor,
                              max_instances=data.max_instances,
-                             training=training and data.random_flip,
+                             training=training, flip=training and data.random_flip,
                              cache=len(dataset.records) <= 5000, seed=self.config.train.seed)
 
     def build_optimizer(self) -> keras.optimizers.Optimizer:

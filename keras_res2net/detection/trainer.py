@@ -95,7 +95,7 @@ class DetectionTrainingTask(trainer_lib.Task):
                                     data.batch_size),
                                 max_size=data.max_size, size_divisor=data.size_divisor,
                                 max_instances=data.max_instances, training=True,
-                                cache=self.source.cacheable,
+                                flip=data.random_flip, cache=self.source.cacheable,
                                 seed=self.config.train.seed * 1000 + epoch)
         return dataset.skip(skip) if skip else dataset
 

@@ -199,3 +199,34 @@ def test_batches_have_no_semantic_key_without_maps(shapes_val):
     batch = next(iter(build_dataset(load_coco(*shapes_val), batch_size=2, max_size=(128, 128),
                                     max_instances=8)))
     assert "semantic" not in batch and batch["images"].shape == (2, 128, 128, 3)
+
+
+def _images_by_id(batches, count: int) -> list[tuple[int, np.ndarray]]:
+    return [(int(i), image) for batch in batches.take(count)
+            for i, image in zip(np.asarray(batch["image_ids"]), np.asarray(batch["images"]),
+                                strict=True)]
+
+
+def test_training_flips_follow_the_seed_and_the_switch(shapes_val):
+    """Training flips are drawn per example from (seed, position): two builds with one seed
+    flip the same images; `flip=False` (the config's `random_flip: false`) flips none, while
+    still shuffling and repeating."""
+    dataset = load_coco(*shapes_val)
+    plain = dict(_images_by_id(build_dataset(dataset, batch_size=1, max_size=(128, 128),
+                                             max_instances=8), 6))
+
+    def training_images(flip=None):
+        return _images_by_id(build_dataset(dataset, batch_size=2, max_size=(128, 128),
+                                           max_instances=8, training=True, seed=3, flip=flip,
+                                           group_by_aspect_ratio=False), 6)
+
+    first, again = training_images(), training_images()
+    assert [i for i, _ in first] == [i for i, _ in again]
+    flipped = [not np.array_equal(image, plain[i]) for i, image in first]
+    assert flipped == [not np.array_equal(image, plain[i]) for i, image in again]
+    assert 0 < sum(flipped) < len(flipped)  # 12 fair draws: some flipped, some not
+    for i, image in first:  # a flipped image is the plain one mirrored
+        assert np.array_equal(image, plain[i]) or np.array_equal(image, plain[i][:, ::-1])
+    unflipped = training_images(flip=False)
+    assert len({i for i, _ in unflipped}) == 6  # repeats: 12 images from 6
+    assert all(np.array_equal(image, plain[i]) for i, image in unflipped)

@@ -197,11 +197,13 @@ def build_dataset(dataset: CocoDataset | tf.data.Dataset, *, batch_size: int,
                   max_size=(1333, 800), size_divisor: int = 32, max_instances: int = 100,
                   training: bool = False, cache: bool = False,
                   seed: int | None = None, mask_crop_size: int = MASK_CROP_SIZE,
-                  group_by_aspect_ratio: bool = True) -> tf.data.Dataset:
+                  group_by_aspect_ratio: bool = True,
+                  flip: bool | None = None) -> tf.data.Dataset:
     """Batches of `{"images", "boxes", "classes", "mask_crops", "image_ids", "scales",
     "original_sizes", "image_sizes"}` (and "semantic" (B, Hp, Wp) uint8 when the examples
-    have semantic maps); training shuffles, flips, repeats forever and (with
-    `group_by_aspect_ratio`) batches landscape and portrait images apart.
+    have semantic maps); training shuffles, flips (unless `flip=False`; `flip` defaults to
+    `training`), repeats forever and (with `group_by_aspect_ratio`) batches landscape and
+    portrait images apart.
 
     `dataset` is a loaded COCO JSON set, its `record_dataset`, or any tf.data.Dataset of raw
     examples in `raw_dataset`'s format (e.g. `tfds_coco.load`). Records are shuffled before
@@ -225,15 +227,16 @@ def build_dataset(dataset: CocoDataset | tf.data.Dataset, *, batch_size: int,
     # a seeded pipeline flips the same examples on every run and resume; a stateful
     # `tf.random.uniform` in the parallel map below draws in whatever order its threads run.
     flip_seed = seed if seed is not None else int(np.random.randint(2**31))
+    flips = training if flip is None else flip
 
     def transform(position, example):
         if undecoded:
             example = decode_record(example, mask_crop_size)
-        flip = None
-        if training:
+        flip_this = None
+        if flips:
             key = tf.stack([tf.constant(flip_seed, tf.int64), position])
-            flip = tf.random.stateless_uniform([], seed=key) < 0.5
-        return resize_and_pad(example, max_size, size_divisor, flip, mask_crop_size)
+            flip_this = tf.random.stateless_uniform([], seed=key) < 0.5
+        return resize_and_pad(example, max_size, size_divisor, flip_this, mask_crop_size)
 
     data = data.enumerate().map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     padded_shapes = {"images": [None, None, 3], "boxes": [max_instances, 4],
