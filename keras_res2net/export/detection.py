@@ -251,7 +251,7 @@ def static_check_images(input_size, count: int = CHECK_IMAGES) -> tuple[np.ndarr
     letterboxed into the canvas: (canvases (n, H, W, 3), original sizes (n, 2)) and the raw
     images."""
     side = min(min(input_size), MAX_CHECK_SIZE)
-    raw = check_images(side, count)
+    raw = check_images(side, max(count, CHECK_IMAGES))
     crops = [raw[0], raw[1][: side * 3 // 4], raw[2][:, : side * 3 // 4]][:count]
     return raw, crops
 
