@@ -5,7 +5,12 @@
     python benchmarks/export_latency.py --model res2net50_26w_4s --input-size 224
     python benchmarks/export_latency.py --task detection              # synthetic Mask R-CNN
     python benchmarks/export_latency.py --task detection --checkpoint RUN_DIR --input-size 800x1344
+    python benchmarks/export_latency.py --task detection \
+        --experiment mask_rcnn_res2net101_fpn_coco --input-size 384x640 --runs 5 --check-images 1
 
+--task detection without --checkpoint builds --experiment with seeded random weights whose
+class and mask logits are scaled by 8 (`detection_latency.confident_run`), so an untrained
+detector has detections to check; its runtimes are called in alternation (median per runtime).
 Every artifact is converted with the exporter's own functions and checked against the Keras
 model first (a latency for a wrong artifact means nothing); then each runtime is timed on the
 same single image: median of --runs calls after warm-up. Speed-ups are against the Keras model
@@ -36,6 +41,8 @@ def main() -> None:
                         "synthetic Mask R-CNN with confident random weights)")
     parser.add_argument("--experiment", default="mask_rcnn_res2net50_fpn_synthetic",
                         help="--task detection without --checkpoint: the experiment to build")
+    parser.add_argument("--check-images", type=int, default=3,
+                        help="--task detection: generated images each artifact is checked on")
     args = parser.parse_args()
     if args.task == "detection":
         detection_main(args)
@@ -97,10 +104,11 @@ def detection_main(args) -> None:
     size = parse_size(args.input_size) if args.input_size else None
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = args.checkpoint or detection_latency.confident_run(
-            os.path.join(folder, "run"), args.experiment)
-        rows = detection_latency.benchmark(checkpoint, size, args.runs)
-    print(f"{args.checkpoint or args.experiment}: batch 1, median of {args.runs} alternating "
-          f"runs; load {os.getloadavg()[0]:.1f}")
+            os.path.join(folder, "run"), args.experiment, build_size=size)
+        rows = detection_latency.benchmark(checkpoint, size, args.runs, args.check_images)
+    print(f"{args.checkpoint or args.experiment} at {args.input_size or 'its test size'}: "
+          f"batch 1, median of {args.runs} alternating runs; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     base = rows[0][1]
     print(f"{'runtime':<26} {'median ms':>10} {'vs keras':>9}  check")
     for name, latency, check in rows:

@@ -1,10 +1,14 @@
 """Write and run the detector's static graph (`detection.deploy`) as ONNX and TFLite files.
 
-ONNX: tf2onnx converts the traced `tf.function` (its NMS becomes ONNX `NonMaxSuppression`),
-float32 only (an fp16 file, made with onnxruntime's `convert_float_to_float16`, failed its
-check: see `plan.DETECTION_ONNX_FP16`). TFLite: the converter takes the static graph's
-SavedModel, TFLite builtins only (its NMS becomes `NON_MAX_SUPPRESSION_V4`); fp16 stores the
-weights in float16.
+ONNX: tf2onnx converts the traced `tf.function` (its NMS becomes ONNX `NonMaxSuppression`);
+fp16 (`fp16_weights_onnx`) stores the convolution and matrix weights in float16, cast back to
+float32 in the graph: half the file, float32 arithmetic. float16 arithmetic (onnxruntime's
+`convert_float_to_float16`, with or without box decoding, RoIAlign, NMS and TopK kept float32)
+failed the fp16 check on the synthetic Mask R-CNN (84% of detections kept; see
+docs/detector-export.md); a TensorRT engine built with `--fp16` computes in float16 and must be
+checked on the target. TFLite: the converter takes the static graph's SavedModel, TFLite
+builtins only (its NMS becomes `NON_MAX_SUPPRESSION_V4`); fp16 stores the weights in float16
+(LiteRT's XNNPACK may then compute in float16 where the CPU has it).
 Each runner takes one image `(1, H, W, 3)` and its original size `(1, 2)` and returns the
 output dict by name.
 """
@@ -18,9 +22,36 @@ import numpy as np
 
 from keras_res2net.detection import deploy
 
+WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 
-def write_onnx(model, config, input_size, path: str, opset: int = 17) -> None:
-    """The static graph of `model` as a float32 ONNX file at `path`."""
+
+def fp16_weights_onnx(proto, weight_ops=WEIGHT_OPS):
+    """`proto` with the float32 weights of the `weight_ops` stored in float16, each cast back
+    to float32 by a `Cast` node: half the file, float32 arithmetic (TFLite's fp16)."""
+    import onnx
+    from onnx import numpy_helper
+
+    initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
+    names = sorted({name for node in proto.graph.node if node.op_type in weight_ops
+                    for name in node.input if name in initializers
+                    and initializers[name].data_type == onnx.TensorProto.FLOAT})
+    casts = []
+    for name in names:
+        half = numpy_helper.from_array(
+            numpy_helper.to_array(initializers[name]).astype(np.float16), f"{name}__fp16")
+        proto.graph.initializer.remove(initializers[name])
+        proto.graph.initializer.append(half)
+        casts.append(onnx.helper.make_node("Cast", [half.name], [name], name=f"{name}__cast",
+                                           to=onnx.TensorProto.FLOAT))
+    nodes = casts + list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return proto
+
+
+def write_onnx(model, config, input_size, path: str, opset: int = 17,
+               quantize: str | None = None) -> None:
+    """The static graph of `model` as an ONNX file at `path` (float32, or fp16)."""
     import logging
 
     import tf2onnx
@@ -29,6 +60,8 @@ def write_onnx(model, config, input_size, path: str, opset: int = 17) -> None:
     function = deploy.deploy_function(model, config, input_size)
     proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature,
                                              opset=opset)
+    if quantize == "fp16":
+        proto = fp16_weights_onnx(proto)
     import onnx
 
     onnx.save(proto, path)

@@ -21,10 +21,12 @@ from keras_res2net.export import detection, detection_artifacts
 
 
 def confident_run(folder, experiment: str = "mask_rcnn_res2net50_fpn_synthetic",
-                  factor: float = 8.0, heads=None, post_nms_topk: int | None = None):
+                  factor: float = 8.0, heads=None, post_nms_topk: int | None = None,
+                  build_size: tuple[int, int] | None = None):
     """A run folder of `experiment` with seeded random weights whose class and mask logits
     are scaled by `factor`: an untrained detector with detections above the score threshold
-    and well-separated scores, for checks and benchmarks without a training run."""
+    and well-separated scores, for checks and benchmarks without a training run. The model is
+    built on one blank image of `build_size` (default: the experiment's test size)."""
     import keras
 
     from keras_res2net.detection import configs
@@ -37,7 +39,7 @@ def confident_run(folder, experiment: str = "mask_rcnn_res2net50_fpn_synthetic",
         config.model.rpn.post_nms_topk = post_nms_topk
     keras.utils.set_random_seed(0)
     model = DetectionTask(config).build_model()
-    size = deploy.default_input_size(config)
+    size = build_size or deploy.default_input_size(config)
     model({"images": np.zeros((1, *size, 3), np.float32)})
     for layer in model._flatten_layers():
         if type(layer).__name__ in ("BoxHead", "MaskHead"):
@@ -63,15 +65,18 @@ def alternating_medians(runners: dict, args: tuple, runs: int) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def benchmark(checkpoint, input_size=None, runs: int = 20) -> list[tuple]:
-    """Rows (runtime, median ms, check text) for the run folder `checkpoint`."""
+def benchmark(checkpoint, input_size=None, runs: int = 20,
+              check_images: int = detection.CHECK_IMAGES) -> list[tuple]:
+    """Rows (runtime, median ms, check text) for the run folder `checkpoint`: Keras (default
+    and static settings), the static SavedModel, TFLite fp32/fp16 and onnxruntime fp32/fp16,
+    each artifact checked first on `check_images` generated images."""
     import tensorflow as tf
 
     config, weights = experiment_io.open_run(checkpoint)
     static = deploy.static_config(config)
     input_size = tuple(input_size or deploy.default_input_size(config))
     model = detection.load_detector(static, weights)
-    _, crops = detection.static_check_images(input_size)
+    _, crops = detection.static_check_images(input_size, check_images)
     canvases, originals = detection.letterboxed(crops, input_size, config.data.max_size)
     reference = deploy.keras_reference(model, static, canvases, originals, input_size)
     default_model = detection.load_detector(config, weights)
@@ -84,6 +89,7 @@ def benchmark(checkpoint, input_size=None, runs: int = 20) -> list[tuple]:
         "keras static graph": lambda image, original: static_call(image, original),
     }
     checks = {name: "reference" if "static" in name else "-" for name in runners}
+    sizes = {}
     with tempfile.TemporaryDirectory(prefix="res2net-bench-") as folder:
         saved = os.path.join(folder, "saved")
         deploy.write_savedmodel(model, static, input_size, saved)
@@ -93,16 +99,21 @@ def benchmark(checkpoint, input_size=None, runs: int = 20) -> list[tuple]:
         for name, quantize in (("tflite fp32", None), ("tflite fp16", "fp16")):
             path = os.path.join(folder, f"{name.replace(' ', '_')}.tflite")
             detection_artifacts.write_tflite(model, static, input_size, path, quantize)
+            sizes[name] = os.path.getsize(path)
             runners[name] = detection_artifacts.load_tflite(path, input_size)
-        path = os.path.join(folder, "model.onnx")
-        detection_artifacts.write_onnx(model, static, input_size, path)
-        runners["onnxruntime fp32"] = detection_artifacts.load_onnx(path)
+        for name, quantize in (("onnxruntime fp32", None), ("onnxruntime fp16", "fp16")):
+            path = os.path.join(folder, f"{name.replace(' ', '_')}.onnx")
+            detection_artifacts.write_onnx(model, static, input_size, path, quantize=quantize)
+            sizes[name] = os.path.getsize(path)
+            runners[name] = detection_artifacts.load_onnx(path)
         for name in list(runners)[2:]:
-            kind = "fp16" if "fp16" in name else "float32"
-            found = detection.match_detections(
-                reference, detection.run_static(runners[name], canvases, originals), originals)
-            passed, _, _ = detection.judge_static(found, kind, input_size)
-            checks[name] = (f"{'ok' if passed else 'FAILED'}: boxes {found.box_diff:.1e} px, "
-                            f"{found.detections} detections")
+            served = detection.run_static(runners[name], canvases, originals)
+            verdict = detection.judge_artifact(
+                reference, {k: np.asarray(v) for k, v in served.items()}, originals,
+                "fp16" if "fp16" in name else "float32", input_size, static.model.detection)
+            size = f"{sizes[name] / 2**20:.1f} MiB, " if name in sizes else ""
+            checks[name] = (f"{size}{'ok' if verdict.passed else 'FAILED'}: boxes "
+                            f"{verdict.box_diff:.1e} px, {verdict.detections} detections "
+                            f"matched" + (f" ({verdict.problem})" if verdict.problem else ""))
         medians = alternating_medians(runners, (canvases[:1], originals[:1]), runs)
     return [(name, medians[name], checks[name]) for name in runners]

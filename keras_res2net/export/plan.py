@@ -36,7 +36,7 @@ FORMAT_TABLE = {spec.name: spec for spec in (
         "the detector is a subclassed keras.Model; its Keras artifact is the run folder "
         "itself (detector.weights.h5 + experiment.json)")),
     FormatSpec("tflite", "{stem}{size}_{quant}.tflite", detector_quantize=("fp16",)),
-    FormatSpec("onnx", "{stem}{size}{tag}.onnx"),
+    FormatSpec("onnx", "{stem}{size}{tag}.onnx", detector_quantize=("fp16",)),
     FormatSpec("tensorrt", "{stem}{size}_{precision}.engine"),
 )}
 FORMATS = tuple(FORMAT_TABLE)
@@ -45,13 +45,6 @@ DETECTION_INT8_REFUSAL = (
     "is not offered for --task detection: no int8 detector artifact here has passed a stated "
     "bound (full-integer box regression, NMS and RoIAlign inputs move boxes by whole pixels "
     "and change which detections survive NMS); use fp16, or float32")
-
-
-# Why the detector's ONNX file stays float32 (measured, docs/detector-export.md).
-DETECTION_ONNX_FP16 = (
-    "an fp16 ONNX detector computes box decoding, RoIAlign sample coordinates and the NMS "
-    "inputs in float16 and failed its check (boxes 52 px off, 74% classes on the synthetic "
-    "Mask R-CNN); onnx stays float32, TensorRT takes --precision fp16 itself")
 
 
 @dataclasses.dataclass
@@ -86,7 +79,7 @@ def artifact_path(args: argparse.Namespace, fmt: str, stem: str,
         size_text = ""
     else:
         quant = args.quantize or "fp32"
-        tag = ""
+        tag = f"_{args.quantize}" if args.quantize else ""  # a detector's fp16 ONNX
         size_text = f"_{size[0]}x{size[1]}"
     name = FORMAT_TABLE[fmt].pattern.format(stem=stem, size=size_text, quant=quant, tag=tag,
                                             precision=args.precision or "fp32")
@@ -211,8 +204,7 @@ def validate_detection(args: argparse.Namespace) -> Plan:
         takes = [fmt for fmt, spec in FORMAT_TABLE.items() if args.quantize in
                  spec.detector_quantize]
         raise OptionError(f"--quantize {args.quantize} applies to --format "
-                          f"{' or '.join(takes)} for detectors ({DETECTION_ONNX_FP16}); add "
-                          "it or drop --quantize.")
+                          f"{' or '.join(takes)} for detectors; add it or drop --quantize.")
     if args.precision and "tensorrt" not in args.format:
         raise OptionError("--precision applies to --format tensorrt.")
     classification_only = {"--int8-io": args.int8_io or None,
