@@ -5,7 +5,7 @@ logits are scaled up, so an untrained model has detections above the score thres
 well-separated scores (near-equal scores would make the float32 comparison depend on
 tie-breaking, not on the artifact) and masks far from 0.5. Most tests use tiny heads (FPN 16,
 FC 32, 30 proposals); one export (`mask_export`, at a non-default 96x128 canvas) is shared by
-the tests that read it, the architecture sweep runs at 64x64, and the fp16 test keeps the full
+the tests that read it, the architecture sweep runs at 128x128, and the fp16 test keeps the full
 synthetic Mask R-CNN, on which a float32-style check of fp16 failed.
 """
 
@@ -266,13 +266,15 @@ def test_match_detections_pairs_by_box_and_measures_masks():
     ("cascade_mask_rcnn_res2net50_fpn_synthetic", ["onnx", "tflite"]),
     ("htc_res2net50_fpn_synthetic", ["onnx", "tflite"])])
 def test_every_architecture_exports_to_onnx_and_tflite(tmp_path, experiment, formats):
-    """Faster R-CNN, the cascades and HTC (semantic branch included) through the CLI at a
-    64x64 canvas: the static artifacts pass their checks (Mask R-CNN: the tests above). The
-    box-only detectors take one runtime each, the mask detectors both, so each runtime runs
-    a box-only and a mask graph of every kind (two-stage, cascade)."""
+    """Faster R-CNN, the cascades and HTC (semantic branch included) through the CLI at the
+    experiments' 128x128 canvas: the static artifacts pass their checks (Mask R-CNN: the
+    tests above). The box-only detectors take one runtime each, the mask detectors both, so
+    each runtime runs a box-only and a mask graph of every kind (two-stage, cascade). Not
+    64x64: there the 30 proposals' ~70 detections per image crowd into near-ties that each
+    runtime breaks differently (CI failed all four with counts off by one)."""
     run = confident_run(tmp_path / "run", experiment)
-    code, text = export(["--checkpoint", str(run), "--format", *formats, "--input-size",
-                         "64x64", "--output", str(tmp_path / "out"), "--latency-runs", "0"])
+    code, text = export(["--checkpoint", str(run), "--format", *formats, "--output",
+                         str(tmp_path / "out"), "--latency-runs", "0"])
     assert code == 0, text
     assert text.count("class agreement 100.00% (3 images)") == len(formats), text
 
