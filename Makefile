@@ -22,7 +22,7 @@ lint: install
 # Whole suite on TensorFlow, then the core model tests again on JAX. Every run ends with its
 # 15 slowest tests, so a test that grows expensive shows up in the CI log. pytest-xdist runs
 # TEST_WORKERS processes (2: CI's cores; much of a test's time is single-threaded Python and
-# graph tracing; measured on a clean clone: 27 min for the TF suite, 39 min in one process);
+# graph tracing; clean clone: TF suite 27 min, against 39 in one process at the stop before);
 # a whole file goes
 # to one worker, so module-scoped fixtures are built once. TEST_WORKERS=0 runs in-process.
 TEST_WORKERS ?= 2
