@@ -88,7 +88,10 @@ def _adaptive_grid(flat_features, offsets, widths, hf, wf, rois, output_size: in
     list (its length known only at run time) and summed into their bins with a segment sum:
     work proportional to the samples taken, as in mmcv's kernel. The list is interpolated
     `SAMPLE_CHUNK` samples at a time in a loop, so memory stays bounded (a full-size R2-101
-    batch of 2000 RoIs takes millions of samples of 256 channels).
+    batch of 2000 RoIs takes millions of samples of 256 channels); a list shorter than that
+    is one chunk of its own length, not padded to it (small images and RoI batches, as in
+    the synthetic experiments, took 5-20x the samples they needed: 18% of an HTC training
+    step at 96 px).
     """
     factor = grid_size // output_size
     num_rois = ops.shape(rois)[0]
@@ -104,10 +107,11 @@ def _adaptive_grid(flat_features, offsets, widths, hf, wf, rois, output_size: in
     starts = ops.cumsum(counts) - counts
     total = ops.shape(segments)[0]
     weights = 1.0 / ops.cast(ops.maximum(n_y * n_x, 1), "float32")
+    chunk = ops.minimum(SAMPLE_CHUNK, ops.maximum(total, 1))
 
     def chunk_sum(first):
-        """Interpolate samples `first .. first + SAMPLE_CHUNK` and sum them into their bins."""
-        position = first + ops.arange(SAMPLE_CHUNK, dtype="int32")
+        """Interpolate samples `first .. first + chunk` and sum them into their bins."""
+        position = first + ops.arange(chunk, dtype="int32")
         present = position < total
         position = ops.minimum(position, ops.maximum(total - 1, 0))
         segment = ops.take(segments, position)
@@ -135,7 +139,7 @@ def _adaptive_grid(flat_features, offsets, widths, hf, wf, rois, output_size: in
         return ops.segment_sum(values, segment, num_segments=num_bins)
 
     def body(first, pooled):
-        return first + SAMPLE_CHUNK, pooled + chunk_sum(first)
+        return first + chunk, pooled + chunk_sum(first)
 
     _, pooled = ops.while_loop(lambda first, _: first < total, body,
                                (ops.convert_to_tensor(0, "int32"),
