@@ -222,17 +222,23 @@ def deploy_function(model, config, input_size, max_candidates: int = MAX_CANDIDA
 
 
 def write_savedmodel(model, config, input_size, path: str,
-                     max_candidates: int = MAX_CANDIDATES) -> None:
+                     max_candidates: int = MAX_CANDIDATES, function=None) -> None:
     """The static graph as a SavedModel (`serving_default`), written with Keras'
     `ExportArchive`: what the TFLite converter takes (it freezes the variables from there;
-    converting the `tf.function` directly leaves them as uninitialised resource variables)."""
+    converting the `tf.function` directly leaves them as uninitialised resource variables).
+
+    `function`: the graph already traced by `deploy_function` (the exporter traces it once
+    for ONNX and TFLite: tracing a detector takes seconds); None traces it here."""
     import keras
 
-    detect, spec = _static_graph(model, config, input_size)
     archive = keras.export.ExportArchive()
     archive.track(model)
     with static_nms(max_candidates):
-        archive.add_endpoint("serving_default", detect, input_signature=spec)
+        if function is None:
+            detect, spec = _static_graph(model, config, input_size)
+            archive.add_endpoint("serving_default", detect, input_signature=spec)
+        else:
+            archive.add_endpoint("serving_default", function)
         archive.write_out(str(path), verbose=False)
 
 

@@ -366,6 +366,13 @@ def export_static_formats(args: argparse.Namespace, plan: Plan, results: list) -
                   input_size=input_size, detection_config=static.model.detection)
     kind = "fp16" if args.quantize == "fp16" else "float32"
     onnx_outside: list = []
+    traced: list = []
+
+    def graph():
+        """The static graph, traced once for every format (a detector takes seconds)."""
+        if not traced:
+            traced.append(deploy.deploy_function(model, static, input_size))
+        return traced[0]
 
     def inspect_onnx(path):
         lines, outside = detection_artifacts.inspect_onnx(path)
@@ -376,14 +383,14 @@ def export_static_formats(args: argparse.Namespace, plan: Plan, results: list) -
         report(export_static(
             "onnx", f"onnx {args.quantize or 'fp32'}", plan.paths["onnx"], args,
             lambda p: detection_artifacts.write_onnx(model, static, input_size, p, args.opset,
-                                                     args.quantize),
+                                                     args.quantize, function=graph()),
             detection_artifacts.load_onnx, kind=kind, inspect=inspect_onnx, **common),
             results)
     if "tflite" in plan.paths:
         report(export_static(
             "tflite", f"tflite {args.quantize or 'fp32'}", plan.paths["tflite"], args,
             lambda p: detection_artifacts.write_tflite(model, static, input_size, p,
-                                                       args.quantize),
+                                                       args.quantize, function=graph()),
             lambda p: detection_artifacts.load_tflite(p, input_size), kind=kind,
             inspect=tflite_notes, **common), results)
     if "tensorrt" in plan.paths:

@@ -50,14 +50,16 @@ def fp16_weights_onnx(proto, weight_ops=WEIGHT_OPS):
 
 
 def write_onnx(model, config, input_size, path: str, opset: int = 17,
-               quantize: str | None = None) -> None:
-    """The static graph of `model` as an ONNX file at `path` (float32, or fp16)."""
+               quantize: str | None = None, function=None) -> None:
+    """The static graph of `model` as an ONNX file at `path` (float32, or fp16).
+    `function`: `deploy.deploy_function(model, config, input_size)` if already traced."""
     import logging
 
     import tf2onnx
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    function = deploy.deploy_function(model, config, input_size)
+    if function is None:
+        function = deploy.deploy_function(model, config, input_size)
     proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature,
                                              opset=opset)
     if quantize == "fp16":
@@ -101,13 +103,15 @@ def inspect_onnx(path: str) -> tuple[list[str], list[str]]:
              f"TensorRT: {trt} ({trt_ops.SOURCE})"], outside)
 
 
-def tflite_bytes(model, config, input_size, quantize: str | None = None) -> bytes:
-    """The static graph as a TFLite flatbuffer (builtins only; fp16 weights if asked)."""
+def tflite_bytes(model, config, input_size, quantize: str | None = None,
+                 function=None) -> bytes:
+    """The static graph as a TFLite flatbuffer (builtins only; fp16 weights if asked).
+    `function`: the graph already traced by `deploy.deploy_function`, or None."""
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(prefix="res2net-tflite-") as folder:
         saved = os.path.join(folder, "saved_model")
-        deploy.write_savedmodel(model, config, input_size, saved)
+        deploy.write_savedmodel(model, config, input_size, saved, function=function)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantize == "fp16":
@@ -116,9 +120,10 @@ def tflite_bytes(model, config, input_size, quantize: str | None = None) -> byte
         return converter.convert()
 
 
-def write_tflite(model, config, input_size, path: str, quantize: str | None = None) -> None:
+def write_tflite(model, config, input_size, path: str, quantize: str | None = None,
+                 function=None) -> None:
     with open(path, "wb") as handle:
-        handle.write(tflite_bytes(model, config, input_size, quantize))
+        handle.write(tflite_bytes(model, config, input_size, quantize, function))
 
 
 def load_tflite(path: str, input_size):
