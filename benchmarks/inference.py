@@ -165,8 +165,11 @@ def keras_section(args, timm: TimmServer | None) -> None:
           ", ".join(f"{name} {count:,}" for name, count in params.items()))
 
 
-def edge_runners(args) -> dict:
-    """name -> batch-1 callable for Res2Net-50 as TFLite fp32/int8 and ONNX (and Keras)."""
+def edge_runners(args, model_name: str) -> dict:
+    """name -> batch-1 callable for `model_name` as TFLite fp32/int8 and ONNX (and Keras).
+
+    A keras.applications model (the ResNet50 control) is exported as it is: its convs carry
+    a bias, and both converters fold the BatchNorm that follows them."""
     import keras
     import onnxruntime as ort
     import tensorflow as tf
@@ -174,25 +177,33 @@ def edge_runners(args) -> dict:
     from keras_res2net.export import calibration, onnx_file, source, tflite
 
     keras.utils.set_random_seed(0)
-    serving = source.serving_model(build("res2net50_26w_4s", args.edge_size),
-                                   fold=not args.edge_no_fold)
+    ours = model_name.startswith("res2net")
+    serving = source.serving_model(build(model_name, args.edge_size),
+                                   fold=ours and not args.edge_no_fold)
     samples = calibration.load_samples("digits", serving.image_shape,
                                        calibration_size=args.calibration_size)
     image = serving.model_inputs(samples.check[:1])
     folder = tempfile.mkdtemp(prefix="res2net-bench-")
     runners = {}
     call = tf.function(lambda x: serving.model(x, training=False))
-    runners["keras tf.function"] = lambda: call(image)
+    runners[f"{model_name} keras tf.function"] = lambda: call(image)
     interpreter = tflite.interpreter_class()
     for name, quantize in (("tflite fp32", None), ("tflite int8", "int8")):
         path = os.path.join(folder, f"{quantize or 'fp32'}.tflite")
         with open(path, "wb") as handle:
             handle.write(tflite.convert(serving, quantize, samples.calibration))
-        for label, threads in ((f"{name} {args.threads}t", args.threads),
-                               (f"{name} default threads", None)):
-            if quantize and threads is None:
+        for label, threads, latest in (
+                (f"{model_name} {name} {args.threads}t", args.threads, False),
+                (f"{model_name} {name} {args.threads}t latest XNNPACK", args.threads, True),
+                (f"{model_name} {name} default threads", None, False)):
+            if quantize and (threads is None or latest):
                 continue
-            runner = interpreter(model_path=path, num_threads=threads)
+            # `latest`: XNNPACK with the features LiteRT has not made default yet.
+            extra = {"experimental_default_delegate_latest_features": True} if latest else {}
+            try:
+                runner = interpreter(model_path=path, num_threads=threads, **extra)
+            except TypeError:  # tf.lite's interpreter lacks the option
+                continue
             runner.allocate_tensors()
             detail = runner.get_input_details()[0]
 
@@ -208,20 +219,29 @@ def edge_runners(args) -> dict:
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    runners[f"onnxruntime {args.threads}t"] = lambda: session.run(None, {input_name: image})
+    runners[f"{model_name} onnxruntime {args.threads}t"] = (
+        lambda: session.run(None, {input_name: image}))
     return runners
 
 
 def edge_section(args) -> None:
-    runners = edge_runners(args)
+    """Every edge model's runtimes in one alternating run; ratios to each model's TFLite
+    fp32. The ResNet50 control says whether a TFLite/onnxruntime gap is the runtimes' conv
+    kernels (ResNet50 shows it too) or Res2Net's splits and concatenations (it does not)."""
+    models = args.edge_models.split(",")
+    runners = {}
+    for name in models:
+        runners.update({label: run for label, run in edge_runners(args, name).items()
+                        if not any(skip and skip in label for skip in args.edge_skip.split(","))})
     times = time_alternately(runners, args.repeats)
-    base = times[f"tflite fp32 {args.threads}t"]
     fold = "unfolded" if args.edge_no_fold else "BN folded"
-    print(f"\nres2net50_26w_4s ({fold}) {args.edge_size}x{args.edge_size}, batch 1, median of "
-          f"{args.repeats} alternating rounds")
-    print(f"{'runtime':28s} {'ms':>8s} {'vs tflite fp32':>15s}")
+    print(f"\n{', '.join(models)} (Res2Net {fold}) {args.edge_size}x{args.edge_size}, batch 1, "
+          f"median of {args.repeats} alternating rounds")
+    print(f"{'runtime':44s} {'ms':>8s} {'vs tflite fp32':>15s}")
     for name, seconds in times.items():
-        print(f"{name:28s} {seconds * 1e3:>8.1f} {seconds / base:>14.2f}x")
+        model = name.split()[0]
+        base = times[f"{model} tflite fp32 {args.threads}t"]
+        print(f"{name:44s} {seconds * 1e3:>8.1f} {seconds / base:>14.2f}x")
 
 
 def detection_section(args) -> None:
@@ -292,6 +312,11 @@ def main() -> int:
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras part")
     parser.add_argument("--no-edge", action="store_true", help="skip TFLite/ONNX")
     parser.add_argument("--edge-size", type=int, default=224)
+    parser.add_argument("--edge-skip", default="",
+                        help="comma-separated parts of runner names to leave out (e.g. "
+                             "'keras,default threads,int8'): fewer thread pools alternating")
+    parser.add_argument("--edge-models", default="res2net50_26w_4s,ResNet50",
+                        help="comma-separated models for the edge part (ResNet50: the control)")
     parser.add_argument("--edge-no-fold", action="store_true",
                         help="export the edge artifacts without folding BatchNorm")
     parser.add_argument("--calibration-size", type=int, default=32,
