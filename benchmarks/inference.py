@@ -8,12 +8,14 @@ Keras part: for each pair (ours, keras.applications model) at each batch size, t
 passes run in alternation in one process (ours plain, ours with `fold_batchnorm`, the
 reference; plus timm's res2net50_26w_4s in a subprocess served call by call when a Python
 with torch and timm is given), so machine noise hits all of them alike; medians and ratios
-are printed. Edge part: Res2Net-50 (folded, as `res2net-export` writes it) as TFLite fp32,
-TFLite int8 and ONNX, all on `--threads` threads (TFLite with its default XNNPACK delegate,
-onnxruntime with intra-op threads), plus TFLite fp32 with the interpreter's default thread
-setting, timed in alternation at batch 1; then int8 vs fp32 top-1 agreement and speed on two
-models with meaningful outputs (`benchmarks/int8_agreement.py`: Res2Net-50 with a head fit on
-generated classes, and the digits model). Detection part: the synthetic Mask R-CNN at its
+are printed. Edge part: Res2Net-50 (folded, as `res2net-export` writes it) and, as the
+control, keras.applications' ResNet50, each as TFLite fp32, TFLite int8 and ONNX, all on
+`--threads` threads (TFLite with its default XNNPACK delegate, and with LiteRT's latest
+XNNPACK features; onnxruntime with intra-op threads), plus TFLite fp32 with the interpreter's
+default thread setting, all timed in one alternating run at batch 1; then int8 vs fp32
+top-1 agreement and speed on two models with meaningful outputs
+(`benchmarks/int8_agreement.py`: Res2Net-50 with a head fit on generated classes, and the
+digits model). Detection part: the synthetic Mask R-CNN at its
 test size, plain vs backbone BN folded (`detection.fold.fold_detector`), eager (as the predict
 CLI runs it) and as a `tf.function` (as evaluation runs it), in alternation. The load average
 is printed at start and end: on a shared machine only the ratios mean something. Parameters
