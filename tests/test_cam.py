@@ -83,6 +83,7 @@ def test_maps_equal_the_closed_form_on_conv_pool_dense(plus):
     np.testing.assert_array_equal(result.classes, [2, 2, 2])
 
 
+@pytest.mark.slow
 def test_trained_res2net_maps_peak_inside_the_object():
     keras.utils.set_random_seed(0)
     images, labels, _ = shapes_dataset(512, seed=0)

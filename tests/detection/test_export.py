@@ -12,6 +12,7 @@ from keras_res2net.detection.export import export_saved_model
 from keras_res2net.detection.task import DetectionTask
 
 
+@pytest.mark.slow
 def test_saved_model_serves_detections(tmp_path):
     config = configs.get_experiment("mask_rcnn_res2net50_fpn_synthetic")
     config.model.heads = configs.HeadConfig(fpn_channels=16, fc_dim=32, mask_channels=8,
@@ -49,6 +50,7 @@ def _trained_dir(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_export_cli_writes_and_checks_the_detection_saved_model(tmp_path, capsys):
     from keras_res2net.export import cli
 

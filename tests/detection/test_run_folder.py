@@ -47,6 +47,7 @@ def test_resume_may_change_the_schedule_but_not_the_model_or_data(tmp_path):
     assert experiment_io.resolve_experiment(tmp_path, EXPERIMENT) == config
 
 
+@pytest.mark.slow
 def test_trainer_writes_experiment_json_and_refuses_another_experiment(tmp_path):
     data_dir = write_dataset(tmp_path / "shapes", train=2, val=1, seed=4, size=64)
     config = configs.get_experiment(EXPERIMENT)
@@ -123,6 +124,7 @@ def _coco_py(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_coco_eval_of_a_checkpoint_folder(tmp_path, small_run):
     """`train/coco.py --mode eval --checkpoint DIR` through absl, without --experiment: the
     folder's model (the registry's would not load the weights) at the folder's 96x96."""
@@ -141,6 +143,7 @@ def test_coco_eval_of_a_checkpoint_folder(tmp_path, small_run):
     assert "Traceback" not in refused.stderr
 
 
+@pytest.mark.slow
 def test_export_reads_the_folder_experiment(tmp_path, small_run, capsys):
     from keras_res2net.export import cli
 

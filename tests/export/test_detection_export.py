@@ -104,6 +104,7 @@ def test_letterbox_resizes_as_the_data_pipeline():
     assert np.mean(canvas[:96] != padded) < 0.01 and not canvas[96:].any()
 
 
+@pytest.mark.slow
 def test_detector_exports_to_onnx_tflite_and_the_tensorrt_command(mask_export):
     out, code, text = mask_export
     assert code == 1, text  # the engine cannot be built without TensorRT
@@ -132,6 +133,7 @@ def run_artifacts(out, stem: str, canvas, original) -> dict:
     return {"onnx": onnx_out, "tflite": tflite_out}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("height, width", [(120, 70), (45, 200)])
 def test_static_artifacts_return_boxes_in_the_callers_pixels(mask_export, mask_run, height,
                                                              width):

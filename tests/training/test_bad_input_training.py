@@ -72,6 +72,7 @@ def test_bogus_model_refused_before_model_dir(tmp_path, tiny_config):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_model_dir_resume_cases(tmp_path, tiny_config, train_main, capfd, monkeypatch):
     """A finished run says so; stale temporaries of killed runs are removed and reported; a
     folder of another model is refused up front; a failed model.keras save leaves no file.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_res2net.training import TrainConfig, resolve_config, run
@@ -19,6 +20,7 @@ def test_cifar_model_takes_the_32px_recipe():
     assert resolve_config(TrainConfig(data="cifar100")).image_size == 224
 
 
+@pytest.mark.slow
 def test_cifar100_trains_a_few_steps_and_exports(tmp_path):
     import tensorflow_datasets as tfds  # the `data` extra, part of `test`
 

@@ -97,6 +97,7 @@ def test_sigkill_then_resume(tmp_path, tiny_config, train_script):
     assert os.path.exists(os.path.join(model_dir, "model.keras"))
 
 
+@pytest.mark.slow
 def test_epoch_end_killed_before_its_evaluation_is_evaluated_on_resume(tmp_path, tiny_config):
     from keras_res2net.training import Trainer
 
