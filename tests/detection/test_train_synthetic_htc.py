@@ -17,7 +17,8 @@ from keras_res2net.detection import configs, trainer
 
 pytestmark = pytest.mark.slow
 
-HTC_STEPS = 150
+# 120 steps: box/mask AP50 0.56/0.56 (150: 0.47-0.75; 100: 0.42/0.42; 90: 0.35/0.32).
+HTC_STEPS = 120
 
 
 def semantic_balanced_accuracy(model, data_dir, count: int = 20) -> tuple[float, int]:
@@ -47,8 +48,8 @@ def test_small_htc_with_semantic_branch_learns_shapes(tmp_path, learning_shapes,
     config = configs.get_experiment("htc_res2net50_fpn_synthetic")
     config.data.max_size = (96, 96)
     config.train.steps = HTC_STEPS
-    config.train.warmup_steps = 30
-    config.train.decay_steps = (120, 140)
+    config.train.warmup_steps = 24
+    config.train.decay_steps = (96, 111)
     task, model, seconds_per_step = trainer.train(config, data_dir, tmp_path / "run")
     metrics = trainer.evaluate(task, model, data_dir)
     # The semantic branch learned, not only the boxes and masks (which would pass without
