@@ -69,6 +69,7 @@ def test_preprocessing_baked_in_and_nchw(tiny_model_path, tmp_path, capsys):
     np.testing.assert_allclose(as_uint8.numpy(), np.asarray(expected), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tflite_fp16(digits_model_path, tmp_path, capsys):
     """fp16 weights move the trained model's logits by about 1e-3 of their scale; the bound
     here is independent of the CLI's (1e-2 of the scale, absolute 1e-2 on probabilities near

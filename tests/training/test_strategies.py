@@ -35,6 +35,7 @@ def _reference_weights(trainer: Trainer, start: list, steps: int) -> list:
     return [np.array(v) for v in variables]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["one_device", "mirrored"])
 def test_loop_under_strategy(tmp_path, tiny_config, strategy):
     # No random crop or flip: the reference's pipeline yields exactly the trainer's batches.
