@@ -36,6 +36,23 @@ def learning_shapes(tmp_path_factory):
                          size=96, semantic=True)
 
 
+@pytest.fixture
+def learning_config():
+    """make(experiment, steps, warmup, decay): `experiment` as the learning tests run it,
+    images resized to fit 96x96, `steps` steps, `warmup` warmup steps, the learning rate
+    dropped at the `decay` steps."""
+    from keras_res2net.detection import configs
+
+    def make(experiment: str, steps: int, warmup: int, decay: tuple):
+        config = configs.get_experiment(experiment)
+        config.data.max_size = (96, 96)
+        train = config.train
+        train.steps, train.warmup_steps, train.decay_steps = steps, warmup, decay
+        return config
+
+    return make
+
+
 SMALL_RUN_EXPERIMENT = "mask_rcnn_res2net50_fpn_synthetic"
 SMALL_RUN_MAX_SIZE = 96  # not the experiment's 128: readers must take it from the folder
 

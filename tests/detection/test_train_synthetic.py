@@ -12,20 +12,17 @@ import time
 
 import pytest
 
-from keras_res2net.detection import configs, trainer
+from keras_res2net.detection import trainer
 
 pytestmark = pytest.mark.slow
 
 STEPS = 150
 
 
-def test_small_mask_rcnn_learns_shapes(tmp_path, learning_shapes):
+def test_small_mask_rcnn_learns_shapes(tmp_path, learning_shapes, learning_config):
     data_dir = learning_shapes
-    config = configs.get_experiment("mask_rcnn_res2net50_fpn_synthetic")
-    config.data.max_size = (96, 96)
-    config.train.steps = STEPS
-    config.train.warmup_steps = 30
-    config.train.decay_steps = (120, 140)
+    config = learning_config("mask_rcnn_res2net50_fpn_synthetic", STEPS, warmup=30,
+                             decay=(120, 140))
     start = time.time()
     task, model, seconds_per_step = trainer.train(config, data_dir, tmp_path / "run")
     metrics = trainer.evaluate(task, model, data_dir)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_res2net.detection import configs, trainer
+from keras_res2net.detection import trainer
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +43,11 @@ def semantic_balanced_accuracy(model, data_dir, count: int = 20) -> tuple[float,
     return float(np.mean([hits[k] / totals[k] for k in totals])), len(totals)
 
 
-def test_small_htc_with_semantic_branch_learns_shapes(tmp_path, learning_shapes, capsys):
+def test_small_htc_with_semantic_branch_learns_shapes(tmp_path, learning_shapes,
+                                                       learning_config, capsys):
     data_dir = learning_shapes
-    config = configs.get_experiment("htc_res2net50_fpn_synthetic")
-    config.data.max_size = (96, 96)
-    config.train.steps = HTC_STEPS
-    config.train.warmup_steps = 24
-    config.train.decay_steps = (96, 111)
+    config = learning_config("htc_res2net50_fpn_synthetic", HTC_STEPS, warmup=24,
+                             decay=(96, 111))
     task, model, seconds_per_step = trainer.train(config, data_dir, tmp_path / "run")
     metrics = trainer.evaluate(task, model, data_dir)
     # The semantic branch learned, not only the boxes and masks (which would pass without
