@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -366,13 +367,11 @@ def export_static_formats(args: argparse.Namespace, plan: Plan, results: list) -
                   input_size=input_size, detection_config=static.model.detection)
     kind = "fp16" if args.quantize == "fp16" else "float32"
     onnx_outside: list = []
-    traced: list = []
 
+    @functools.cache
     def graph():
         """The static graph, traced once for every format (a detector takes seconds)."""
-        if not traced:
-            traced.append(deploy.deploy_function(model, static, input_size))
-        return traced[0]
+        return deploy.deploy_function(model, static, input_size)
 
     def inspect_onnx(path):
         lines, outside = detection_artifacts.inspect_onnx(path)

@@ -89,9 +89,8 @@ def _adaptive_grid(flat_features, offsets, widths, hf, wf, rois, output_size: in
     work proportional to the samples taken, as in mmcv's kernel. The list is interpolated
     `SAMPLE_CHUNK` samples at a time in a loop, so memory stays bounded (a full-size R2-101
     batch of 2000 RoIs takes millions of samples of 256 channels); a list shorter than that
-    is one chunk of its own length, not padded to it (small images and RoI batches, as in
-    the synthetic experiments, took 5-20x the samples they needed: 18% of an HTC training
-    step at 96 px).
+    is one chunk of its own length, not padded to it (the synthetic HTC experiment's training
+    step at 96 px took 1.24 s with the padding, 0.85 s without, on 2 CPU cores).
     """
     factor = grid_size // output_size
     num_rois = ops.shape(rois)[0]
