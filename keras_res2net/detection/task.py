@@ -30,7 +30,7 @@ from keras_res2net.detection.modeling.roi_align import crop_box_masks, crop_mask
 from keras_res2net.detection.ops.masks import paste_masks
 from keras_res2net.detection.schedules import WarmupStepDecay
 from keras_res2net.detection.targets import RoiSample, rpn_targets, sample_rois
-from keras_res2net.training.optim import TorchSGD
+from keras_res2net.training.optim import AdamW, TorchSGD
 
 
 def model_inputs(batch: dict) -> dict:
@@ -91,7 +91,7 @@ class DetectionTask:
             decay = ()  # epoch-based boundaries are converted by the trainer
         schedule = WarmupStepDecay(base, train.warmup_steps, train.warmup_ratio, decay)
         if train.optimizer == "adamw":
-            return keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay)
+            return AdamW(schedule, weight_decay=train.weight_decay)
         if train.optimizer != "sgd":
             raise ValueError(f"optimizer must be 'sgd' or 'adamw'; got {train.optimizer!r}.")
         return TorchSGD(schedule, momentum=train.momentum, weight_decay=train.weight_decay,
