@@ -196,7 +196,7 @@ def train(config: ExperimentConfig, data_dir=None, model_dir=None, *, backbone_w
 def compile_predict(task: DetectionTask, model):
     """The validation step as one `tf.function` (retraced only for new image shapes)."""
     return tf.function(lambda inputs: task.validation_step(inputs, model),
-                       reduce_retracing=True)
+                       reduce_retracing=True, autograph=False)
 
 
 def run_evaluation(task: DetectionTask, model, dataset, predict, *, verbose: bool = True,

@@ -81,7 +81,7 @@ def benchmark(checkpoint, input_size=None, runs: int = 20,
     reference = deploy.keras_reference(model, static, canvases, originals, input_size)
     default_model = detection.load_detector(config, weights)
     keras_call = tf.function(lambda images, sizes: default_model(
-        {"images": images, "image_sizes": sizes}, training=False))
+        {"images": images, "image_sizes": sizes}, training=False), autograph=False)
     static_call = deploy.deploy_function(model, static, input_size)
     runners = {
         "keras (default settings)": lambda image, original: keras_call(

@@ -75,7 +75,7 @@ def write_onnx(serving: ServingModel, path: str, opset: int = MIN_OPSET,
                            input_size=serving.image_shape[0])
     spec = [tf.TensorSpec((None, *serving.image_shape), tf.float32, name=INPUT_NAME)]
     function = tf.function(lambda images: traced.model(images, training=False),
-                           input_signature=spec)
+                           input_signature=spec, autograph=False)
     tf2onnx.convert.from_function(function, input_signature=spec, opset=opset,
                                   inputs_as_nchw=[f"{INPUT_NAME}:0"] if nchw else None,
                                   output_path=path)

@@ -109,7 +109,7 @@ class ClassificationTask(trainer_lib.Task):
                               tf.float32)
             return grads, tf.reduce_mean(per_example), tf.reduce_mean(correct)
 
-        return tf.function(gradients, jit_compile=config.jit_compile)
+        return tf.function(gradients, jit_compile=config.jit_compile, autograph=False)
 
     def evaluate(self, model, strategy) -> dict[str, float]:
         """Top-1, top-5 and loss over the whole validation split (padding excluded)."""
@@ -140,7 +140,7 @@ class ClassificationTask(trainer_lib.Task):
             return tf.stack([tf.reduce_sum(valid * top1), tf.reduce_sum(valid * top5),
                              tf.reduce_sum(valid * loss), tf.reduce_sum(valid)])
 
-        @tf.function
+        @tf.function(autograph=False)
         def eval_step(iterator):
             sums = strategy.run(replica_eval, args=next(iterator))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
