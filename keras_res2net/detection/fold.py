@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
-import numpy as np
 
 __all__ = ["fold_detector"]
 
@@ -46,6 +45,7 @@ def fold_detector(model: keras.Model, *, allow_training: bool = False,
     detector compiled for training with trainable backbone BN raises ValueError unless
     `allow_training=True`. `model` itself is not modified."""
     from keras_res2net.detection.modeling.factory import build_detector
+    from keras_res2net.detection.weight_map import build_variables
     from keras_res2net.fold import fold_batchnorm
 
     problem = None if allow_training else _training_problem(model)
@@ -56,7 +56,7 @@ def fold_detector(model: keras.Model, *, allow_training: bool = False,
         return model
     folded = build_detector(model.config, backbone)
     folded.backbone_folded = True
-    folded(np.zeros((1, 64, 64, 3), np.float32))  # create the heads' variables
+    build_variables(folded)  # the heads' variables, as a call would create them
     _copy_head_weights(model, folded)
     return folded
 

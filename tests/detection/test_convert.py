@@ -121,12 +121,17 @@ def test_published_layout_maps_completely(manifest, coco_backbone):
     assert payload["num_entries"] == len(shapes)
 
 
-def test_variables_built_without_a_call_match_a_call(synthetic_models):
-    """`build_variables` creates exactly the variables (paths, shapes, order) a call does."""
-    from keras_res2net.detection.task import DetectionTask
+@pytest.mark.parametrize("name", ["faster_rcnn", "mask_rcnn", "cascade_rcnn", "htc"])
+def test_variables_built_without_a_call_match_a_call(synthetic_models, name):
+    """`build_variables` (what `DetectionTask.build_model` uses) creates exactly the
+    variables (paths, shapes, order) a call does, for every architecture."""
+    from keras_res2net.detection.modeling.backbone import build_backbone
+    from keras_res2net.detection.modeling.factory import build_detector
 
-    called = DetectionTask(synthetic("htc_res2net50_fpn_synthetic")).build_model()
-    built = synthetic_models["htc"]
+    config = synthetic(f"{name}_res2net50_fpn_synthetic").model
+    called = build_detector(config, build_backbone(config.backbone))
+    called(np.zeros((1, 64, 64, 3), np.float32))
+    built = synthetic_models[name]
 
     def layout(model):
         return [(v.path.split("/", 1)[1], tuple(v.shape)) for v in model.weights]
