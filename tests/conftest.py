@@ -22,11 +22,11 @@ if _WORKERS > 1:
 # first, so the workers end together instead of one running a long file alone at the end
 # (`--dist loadfile` hands out whole files in collection order). The rest, each under 35 s,
 # follow in the usual order. A file missing here is only scheduled later, never skipped.
-LONGEST_FIRST = (  # seconds per file, two workers (stop 22 full run; the JAX pass: alone)
+LONGEST_FIRST = (  # seconds per file, two workers (a full run at stop 22)
     "detection/test_train_synthetic_htc.py",  # 335, one test: it must not start late
     "export/test_detection_export.py",  # 423
     "detection/test_mmdet_parity.py",  # 246
-    "test_core_on_jax.py",  # 168, one subprocess: the `core` tests on JAX
+    "test_core_on_jax.py",  # 139 (clean-clone CI), one subprocess: the `core` tests on JAX
     "detection/test_export.py",  # 173
     "detection/test_train_synthetic.py",  # 158 (96 when not beside a subprocess cluster)
     "detection/test_run_folder.py",  # 155
