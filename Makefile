@@ -35,10 +35,10 @@ test: install lint test-tf
 test-tf: install
 	KERAS_BACKEND=tensorflow $(PYTEST) tests
 
-# The JAX pass alone (make test runs it inside the TensorFlow run).
+# The JAX pass alone: the one test that runs the `core` tests in a JAX process (make test runs
+# it inside the TensorFlow run; its environment and XLA flags are defined there only).
 test-jax: install
-	KERAS_BACKEND=jax JAX_PLATFORMS=cpu XLA_FLAGS="--xla_backend_optimization_level=0 \
-		--xla_llvm_disable_expensive_passes=true" $(PYTEST) -m core tests
+	$(PY) -m pytest -s tests/test_core_on_jax.py
 
 # The everyday loop: everything but the tests marked `slow` (every training run, every export,
 # the multi-worker and kill/resume subprocess runs, the keras-hub fit), on TensorFlow:

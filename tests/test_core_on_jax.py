@@ -26,7 +26,7 @@ JAX_TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0 "
 
 def test_core_tests_pass_on_jax():
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTEST_", "TF_NUM_"))}  # a fresh, undistributed process
+           if not k.startswith(("PYTEST_XDIST_", "TF_NUM_"))}  # not an xdist worker
     env["KERAS_BACKEND"] = "jax"
     env.setdefault("JAX_PLATFORMS", "cpu")  # no accelerator probing: CPU is what CI has
     env.setdefault("XLA_FLAGS", JAX_TEST_XLA_FLAGS)
@@ -38,6 +38,5 @@ def test_core_tests_pass_on_jax():
     assert done.returncode == 0, tail
     summary = re.search(r"(\d+) passed", tail)
     # the core set: models, reference parity, timm conventions, CIFAR, CAM, fold, semantic
-    assert summary and int(summary.group(1)) >= 35, tail
-    assert "failed" not in tail.splitlines()[-1] and "error" not in tail.splitlines()[-1]
+    assert summary and int(summary.group(1)) >= 35, tail  # not a silently emptied selection
     print(tail[-1500:])
