@@ -163,6 +163,17 @@ class ClassificationTask(trainer_lib.Task):
                 "validation images)")
 
 
+# Measured on 2 CPU cores (Res2Net, one block per stage, 32x32 digits): a training step of 8
+# images took 3.3 s in mixed_float16 and 0.08 s in float32.
+CPU_FLOAT16_NOTE = ("Note: --mixed_precision mixed_float16 on CPUs only: their float16 "
+                    "kernels are emulated, ~40x slower than float32 (it pays off on GPUs).")
+
+
+def on_accelerator() -> bool:
+    """Whether this process sees a GPU or TPU (after the strategy has connected to a TPU)."""
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
 class Trainer(trainer_lib.Trainer):
     """The one trainer on a `ClassificationTask` for a resolved `TrainConfig`: strategy,
     data, model, optimizer and checkpoints built; nothing written before `train()`."""
@@ -185,6 +196,8 @@ class Trainer(trainer_lib.Trainer):
                          checkpoint_every=config.checkpoint_every,
                          max_checkpoints=config.max_checkpoints)
         self.source = task.source
+        if config.mixed_precision == "mixed_float16" and not on_accelerator():
+            self._log(CPU_FLOAT16_NOTE)
 
     def train(self) -> EvalResult:
         """Train to `epochs`, resuming from the latest checkpoint; return the final eval."""
