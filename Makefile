@@ -25,10 +25,12 @@ lint: install
 # TEST_WORKERS processes (2: CI's cores; much of a test's time is single-threaded Python and
 # graph tracing; clean clone, stop 22: 22 min with the JAX pass inside); a whole
 # file goes to one worker, so module-scoped fixtures are built once; tests/conftest.py gives
-# each worker's TensorFlow its share of the cores and starts the longest files first.
+# each worker's TensorFlow its share of the cores and starts the longest files first, which
+# needs --no-loadscope-reorder (pytest-xdist 3.8): since 3.5 it hands out the files with the
+# most tests first, so the one-test trainings (the longest files) started last.
 # TEST_WORKERS=0 runs in-process.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest --durations=15 -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: install lint test-tf
 

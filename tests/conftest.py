@@ -20,8 +20,10 @@ if _WORKERS > 1:
 
 # The files that take longest, longest first (the longest-processing-time rule): they start
 # first, so the workers end together instead of one running a long file alone at the end
-# (`--dist loadfile` hands out whole files in collection order). The rest, each under 35 s,
-# follow in the usual order. A file missing here is only scheduled later, never skipped.
+# (`--dist loadfile --no-loadscope-reorder` hands out whole files in collection order;
+# without the second flag pytest-xdist orders them by test count, and the one-test
+# trainings started last). The rest, each under 35 s, follow in the usual order. A file
+# missing here is only scheduled later, never skipped.
 LONGEST_FIRST = (  # seconds per file, two workers (a full run at stop 22)
     "detection/test_train_synthetic_htc.py",  # 335, one test: it must not start late
     "export/test_detection_export.py",  # 423
