@@ -23,7 +23,7 @@ lint: install
 # of work (tests/test_core_on_jax.py: a JAX pytest process). Every run ends with its
 # 15 slowest tests, so a test that grows expensive shows up in the CI log. pytest-xdist runs
 # TEST_WORKERS processes (2: CI's cores; much of a test's time is single-threaded Python and
-# graph tracing; clean clone, stop 22: 22 min with the JAX pass inside); a whole
+# graph tracing; clean clone, stop 23: 19 min 54 s with the JAX pass inside); a whole
 # file goes to one worker, so module-scoped fixtures are built once; tests/conftest.py gives
 # each worker's TensorFlow its share of the cores and starts the longest files first, which
 # needs --no-loadscope-reorder (pytest-xdist 3.8): since 3.5 it hands out the files with the
