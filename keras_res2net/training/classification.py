@@ -165,8 +165,8 @@ class ClassificationTask(trainer_lib.Task):
 
 # Measured on 2 CPU cores (Res2Net, one block per stage, 32x32 digits): a training step of 8
 # images took 3.3 s in mixed_float16 and 0.08 s in float32.
-CPU_FLOAT16_NOTE = ("Note: --mixed_precision mixed_float16 on CPUs only: their float16 "
-                    "kernels are emulated, ~40x slower than float32 (it pays off on GPUs).")
+CPU_FLOAT16_NOTE = ("Note: --mixed_precision mixed_float16 without a GPU or TPU: CPUs "
+                    "emulate float16 kernels, ~40x slower than float32 (it pays off on GPUs).")
 
 
 def on_accelerator() -> bool:
