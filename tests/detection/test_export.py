@@ -120,7 +120,7 @@ def test_cascade_and_htc_experiments_serve_detections(tmp_path, experiment):
     mask convs, HTC's interleaved masks, mask information flow and 183-class semantic head):
     the cascade without masks and HTC with every branch, between them each part of the
     cascade serving graph (Cascade Mask R-CNN's masks are HTC's without the information flow;
-    both are served in test_detection_export.py's static graphs; 60 s saved),
+    both are served in test_detection_export.py's static graphs; 50-70 s saved),
     narrowed to keep CI quick: a one-block-per-stage backbone, a 32-wide FPN and mask head,
     64-wide FCs and 100 proposals instead of 1000. At the configured widths (256, 1024) each
     experiment wrote and reloaded a SavedModel of ~160 MB (three stages' 12.8M-weight fc1);
