@@ -19,7 +19,8 @@ from keras_res2net.training import run
 def test_digits_learns_and_exports(tmp_path, tiny_config):
     model_dir = tmp_path / "digits"
     # The `--data digits` defaults, shortened: the README run trains longer (>= 97%).
-    config = tiny_config(model_dir, base_width=8, batch_size=64, epochs=6)
+    # Seeded: 4 epochs reach 0.947 (6: 0.961, 6 s more).
+    config = tiny_config(model_dir, base_width=8, batch_size=64, epochs=4)
     result = run(config)
     assert result.top1 >= 0.90, result
     assert result.images == 359  # the whole held-out split, padding excluded
@@ -33,7 +34,7 @@ def test_digits_learns_and_exports(tmp_path, tiny_config):
     assert abs(accuracy - result.top1) < 1e-6
 
     history = json.loads((model_dir / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["loss"] < history[0]["loss"]
     assert os.path.getsize(model_dir / "history.png") > 1000
     assert os.listdir(model_dir / "tensorboard")
