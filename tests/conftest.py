@@ -22,29 +22,29 @@ if _WORKERS > 1:
 # first, so the workers end together instead of one running a long file alone at the end
 # (`--dist loadfile --no-loadscope-reorder` hands out whole files in collection order;
 # without the second flag pytest-xdist orders them by test count, and the one-test
-# trainings started last). The rest, each under 30 s, follow in the usual order. A file
+# trainings started last). The rest, each under 18 s, follow in the usual order. A file
 # missing here is only scheduled later, never skipped.
-LONGEST_FIRST = (  # seconds per file, two workers (a full run at stop 23)
-    "detection/test_train_synthetic_htc.py",  # 284, one test: it must not start late
-    "export/test_detection_export.py",  # 271
-    "detection/test_mmdet_parity.py",  # 261
-    "detection/test_run_folder.py",  # 177
-    "export/test_export_formats.py",  # 143
-    "detection/test_train_synthetic.py",  # 142 (96 when not beside a subprocess cluster)
-    "test_core_on_jax.py",  # 132, one subprocess: the `core` tests on JAX
-    "detection/test_multi_worker.py",  # 88
-    "detection/test_export.py",  # 78
-    "training/test_digits.py",  # 67
-    "training/test_resume.py",  # 58
-    "training/test_multi_worker.py",  # 42
-    "detection/test_convert.py",  # 41
-    "checkpoints/test_mapping.py",  # 41
-    "models/test_reference_parity.py",  # 41
-    "models/test_models.py",  # 41
-    "hub/test_hub_backbone.py",  # 31
-    "training/test_mixed_precision.py",  # 30
-    "export/test_export_refusals.py",  # 30
-    "checkpoints/test_convert_and_cache.py",  # 29
+LONGEST_FIRST = (  # seconds per file, two workers (a full run at stop 24, this host)
+    "detection/test_train_synthetic_htc.py",  # 232, one test: it must not start late
+    "export/test_detection_export.py",  # 162
+    "detection/test_mmdet_parity.py",  # 151
+    "test_core_on_jax.py",  # 98, one subprocess: the `core` tests on JAX
+    "detection/test_run_folder.py",  # 86
+    "export/test_export_formats.py",  # 85
+    "detection/test_train_synthetic.py",  # 79
+    "detection/test_multi_worker.py",  # 51
+    "detection/test_export.py",  # 49
+    "training/test_resume.py",  # 45
+    "training/test_digits.py",  # 41
+    "training/test_multi_worker.py",  # 32
+    "checkpoints/test_mapping.py",  # 31
+    "detection/test_convert.py",  # 28
+    "models/test_models.py",  # 28
+    "models/test_reference_parity.py",  # 25
+    "training/test_mixed_precision.py",  # 25
+    "checkpoints/test_convert_and_cache.py",  # 22
+    "export/test_export_refusals.py",  # 22
+    "hub/test_hub_backbone.py",  # 18
 )
 
 
