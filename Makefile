@@ -23,7 +23,8 @@ lint: install
 # of work (tests/test_core_on_jax.py: a JAX pytest process). Every run ends with its
 # 15 slowest tests, so a test that grows expensive shows up in the CI log. pytest-xdist runs
 # TEST_WORKERS processes (2: CI's cores; much of a test's time is single-threaded Python and
-# graph tracing; clean clone, stop 23: 19 min 54 s with the JAX pass inside); a whole
+# graph tracing; clean clone, stop 24: 13 min 09 s with the JAX pass inside, .ci/run
+# 14 min 10 s; the same suite took 22 min 52 s on stop 23's slower host); a whole
 # file goes to one worker, so module-scoped fixtures are built once; tests/conftest.py gives
 # each worker's TensorFlow its share of the cores and starts the longest files first, which
 # needs --no-loadscope-reorder (pytest-xdist 3.8): since 3.5 it hands out the files with the
@@ -44,7 +45,7 @@ test-jax: install
 
 # The everyday loop: everything but the tests marked `slow` (every training run, every export,
 # the multi-worker and kill/resume subprocess runs, the keras-hub fit), on TensorFlow:
-# 4 min 47 s on 2 cores (stop 23).
+# 3 min 05 s on 2 cores (stop 24's host; 4 min 47 s on stop 23's).
 test-fast: install
 	KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" tests
 
