@@ -24,10 +24,10 @@ if _WORKERS > 1:
 # without the second flag pytest-xdist orders them by test count, and the one-test
 # trainings started last). The rest, each under 18 s, follow in the usual order. A file
 # missing here is only scheduled later, never skipped.
-LONGEST_FIRST = (  # seconds per file, two workers (a full run at stop 24, this host)
+LONGEST_FIRST = (  # seconds per file, two workers (a full run at stop 24 on its host)
     "detection/test_train_synthetic_htc.py",  # 232, one test: it must not start late
     "export/test_detection_export.py",  # 162
-    "detection/test_mmdet_parity.py",  # 151
+    "detection/test_mmdet_parity.py",  # 151 (179 less the 28 s of tests merged since)
     "test_core_on_jax.py",  # 98, one subprocess: the `core` tests on JAX
     "detection/test_run_folder.py",  # 86
     "export/test_export_formats.py",  # 85
@@ -35,7 +35,7 @@ LONGEST_FIRST = (  # seconds per file, two workers (a full run at stop 24, this 
     "detection/test_multi_worker.py",  # 51
     "detection/test_export.py",  # 49
     "training/test_resume.py",  # 45
-    "training/test_digits.py",  # 41
+    "training/test_digits.py",  # 41 (4 epochs since; 57 with 6)
     "training/test_multi_worker.py",  # 32
     "checkpoints/test_mapping.py",  # 31
     "detection/test_convert.py",  # 28

@@ -290,7 +290,7 @@ def test_final_detections_and_masks(case):
     nms_pre cut (two logits 5e-6 apart in the HTC fixture), which can change one final
     detection: an image may miss one only where its proposals differ, and then the RoI stage
     alone, on mmdetection's proposals, must find all 50 (where nothing is missing, that run
-    would repeat what this one proved: it used to run for every config, 28 s more)."""
+    would repeat what this one proved)."""
     outputs = tf.function(case.model)({"images": case.images, "image_sizes": case.sizes})
     missing = unmatched_detections(case, outputs)
     assert all(len(m) <= 1 for m in missing), missing
