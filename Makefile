@@ -23,8 +23,8 @@ lint: install
 # of work (tests/test_core_on_jax.py: a JAX pytest process). Every run ends with its
 # 15 slowest tests, so a test that grows expensive shows up in the CI log. pytest-xdist runs
 # TEST_WORKERS processes (2: CI's cores; much of a test's time is single-threaded Python and
-# graph tracing; clean clone, stop 24: 13 min 09 s with the JAX pass inside, .ci/run
-# 14 min 10 s; the same suite took 22 min 52 s on stop 23's slower host); a whole
+# graph tracing; clean clone, stop 24: 12 min 57 s with the JAX pass inside, .ci/run
+# 13 min 53 s; the same suite took 22 min 52 s on stop 23's slower host); a whole
 # file goes to one worker, so module-scoped fixtures are built once; tests/conftest.py gives
 # each worker's TensorFlow its share of the cores and starts the longest files first, which
 # needs --no-loadscope-reorder (pytest-xdist 3.8): since 3.5 it hands out the files with the
