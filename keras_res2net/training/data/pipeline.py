@@ -31,33 +31,45 @@ def _as_rgb(image: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def _crop_window(shape: tf.Tensor, scale_min: float) -> tuple[tf.Tensor, tf.Tensor]:
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
-        shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+def _crop_window(shape: tf.Tensor, scale_min: float,
+                 key: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]), seed=key,
         min_object_covered=0.0, aspect_ratio_range=ASPECT_RATIO_RANGE,
         area_range=(scale_min, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
     return begin, size
 
 
-def random_resized_crop(image: tf.Tensor, size: int, scale_min: float) -> tf.Tensor:
-    """Random crop of `scale_min`..100% of the area, resized to `size` (float32, 0..255)."""
+def random_resized_crop(image: tf.Tensor, size: int, scale_min: float,
+                        key: tf.Tensor) -> tf.Tensor:
+    """Random crop of `scale_min`..100% of the area, resized to `size` (float32, 0..255);
+    the window is a stateless draw keyed by `key` (shape [2], int64)."""
     if image.dtype == tf.string:
         def jpeg():
-            begin, crop = _crop_window(tf.image.extract_jpeg_shape(image), scale_min)
+            begin, crop = _crop_window(tf.image.extract_jpeg_shape(image), scale_min, key)
             window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
             return tf.image.decode_and_crop_jpeg(image, window, channels=3)
 
         def other():
             decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
-            begin, crop = _crop_window(tf.shape(decoded), scale_min)
+            begin, crop = _crop_window(tf.shape(decoded), scale_min, key)
             return tf.slice(decoded, begin, crop)
 
         cropped = tf.cond(tf.io.is_jpeg(image), jpeg, other)
     else:
         image = _as_rgb(image)
-        begin, crop = _crop_window(tf.shape(image), scale_min)
+        begin, crop = _crop_window(tf.shape(image), scale_min, key)
         cropped = tf.slice(image, begin, crop)
     return tf.image.resize(cropped, (size, size), method="bilinear")
+
+
+def example_key(seed: int, position: tf.Tensor, draw: int) -> tf.Tensor:
+    """The stateless seed of one random draw (`draw`) for the example at `position` of a
+    seeded stream. Draws keyed by position, not taken from a stateful generator, are the
+    same on every run and on resume, whatever order a parallel map runs its elements in
+    (a stateful op there draws in thread order)."""
+    base = tf.stack([tf.constant(seed, tf.int64), tf.cast(position, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(base, draw)
 
 
 def center_crop(image: tf.Tensor, size: int, crop_fraction: float,
@@ -69,9 +81,10 @@ def center_crop(image: tf.Tensor, size: int, crop_fraction: float,
     return center_crop_tf(_as_rgb(image), size, crop_fraction, interpolation)
 
 
-def _mix(images, labels, alpha: float, cutmix: bool):
-    gamma_a = tf.random.gamma([], alpha)
-    gamma_b = tf.random.gamma([], alpha)
+def _mix(images, labels, alpha: float, cutmix: bool, key: tf.Tensor):
+    keys = tf.random.experimental.stateless_split(key, 4)
+    gamma_a = tf.random.stateless_gamma([], keys[0], alpha)
+    gamma_b = tf.random.stateless_gamma([], keys[1], alpha)
     lam = gamma_a / (gamma_a + gamma_b)
     other_images, other_labels = tf.reverse(images, [0]), tf.reverse(labels, [0])
     if not cutmix:
@@ -80,8 +93,8 @@ def _mix(images, labels, alpha: float, cutmix: bool):
     cut = tf.sqrt(1.0 - lam)
     cut_h = tf.cast(tf.cast(height, tf.float32) * cut, tf.int32)
     cut_w = tf.cast(tf.cast(width, tf.float32) * cut, tf.int32)
-    cy = tf.random.uniform([], 0, height, dtype=tf.int32)
-    cx = tf.random.uniform([], 0, width, dtype=tf.int32)
+    cy = tf.random.stateless_uniform([], keys[2], 0, height, dtype=tf.int32)
+    cx = tf.random.stateless_uniform([], keys[3], 0, width, dtype=tf.int32)
     y0, y1 = tf.maximum(cy - cut_h // 2, 0), tf.minimum(cy + cut_h // 2, height)
     x0, x1 = tf.maximum(cx - cut_w // 2, 0), tf.minimum(cx + cut_w // 2, width)
     rows = tf.logical_and(tf.range(height) >= y0, tf.range(height) < y1)
@@ -92,15 +105,17 @@ def _mix(images, labels, alpha: float, cutmix: bool):
     return mixed, (1 - area) * labels + area * other_labels
 
 
-def mixup_cutmix(images, labels, mixup_alpha: float, cutmix_alpha: float):
-    """Mix a batch with its reverse (one-hot labels); with both on, pick one per batch."""
+def mixup_cutmix(images, labels, mixup_alpha: float, cutmix_alpha: float, key: tf.Tensor):
+    """Mix a batch with its reverse (one-hot labels); with both on, pick one per batch.
+    Every draw is stateless, keyed by `key` (the batch's)."""
+    choice, mix = tf.unstack(tf.random.experimental.stateless_split(key, 2))
     if mixup_alpha > 0 and cutmix_alpha > 0:
-        return tf.cond(tf.random.uniform([]) < 0.5,
-                       lambda: _mix(images, labels, mixup_alpha, cutmix=False),
-                       lambda: _mix(images, labels, cutmix_alpha, cutmix=True))
+        return tf.cond(tf.random.stateless_uniform([], choice) < 0.5,
+                       lambda: _mix(images, labels, mixup_alpha, False, mix),
+                       lambda: _mix(images, labels, cutmix_alpha, True, mix))
     if mixup_alpha > 0:
-        return _mix(images, labels, mixup_alpha, cutmix=False)
-    return _mix(images, labels, cutmix_alpha, cutmix=True)
+        return _mix(images, labels, mixup_alpha, False, mix)
+    return _mix(images, labels, cutmix_alpha, True, mix)
 
 
 def train_dataset(source: Source, config: TrainConfig,
@@ -108,30 +123,42 @@ def train_dataset(source: Source, config: TrainConfig,
                   skip_batches: int = 0) -> tf.data.Dataset:
     """One epoch's shuffled, augmented batches (per replica), repeated.
 
-    The shuffle order depends only on (seed, epoch), so a resumed run skips the
-    `skip_batches` it already trained on and sees the same data as an uninterrupted one.
+    The shuffle order and every augmentation draw depend only on (seed, epoch, input
+    pipeline, position in the stream), so the same seed gives the same batches in every run,
+    and a resumed run skips the `skip_batches` it already trained on and sees the same data
+    as an uninterrupted one.
     """
     context = context or tf.distribute.InputContext()
     per_replica = context.get_per_replica_batch_size(config.batch_size)
     seed = config.seed * 1000 + epoch
+    stream_seed = seed * 1024 + context.input_pipeline_id  # one stream per input pipeline
     ds = source.records(source.splits[0], seed)
     ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
     ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat()
+    ds = ds.repeat().enumerate()  # positions before the skip: they key the draws
     ds = ds.skip(skip_batches * per_replica)
     size, num_classes = config.image_size, source.num_classes
 
-    def parse(image, label):
-        image = random_resized_crop(image, size, config.crop_scale_min)
+    def parse(position, record):
+        image, label = record
+        image = random_resized_crop(image, size, config.crop_scale_min,
+                                    example_key(stream_seed, position, 0))
         if config.flip:
-            image = tf.image.random_flip_left_right(image)
-        return preprocess_input(image), tf.one_hot(label, num_classes)
+            image = tf.image.stateless_random_flip_left_right(
+                image, example_key(stream_seed, position, 1))
+        return position, preprocess_input(image), tf.one_hot(label, num_classes)
 
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(per_replica, drop_remainder=True)
-    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
-        ds = ds.map(lambda x, y: mixup_cutmix(x, y, config.mixup_alpha, config.cutmix_alpha),
-                    num_parallel_calls=AUTOTUNE)
+    mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
+
+    def finish(positions, images, labels):
+        if not mixing:
+            return images, labels
+        key = example_key(stream_seed, positions[0], 2)  # the batch's first example keys it
+        return mixup_cutmix(images, labels, config.mixup_alpha, config.cutmix_alpha, key)
+
+    ds = ds.map(finish, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
