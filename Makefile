@@ -6,7 +6,7 @@ PIP_FLAGS ?= -q --disable-pip-version-check
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install test test-fast test-tf test-jax test-torch lint run variants fixtures \
-	fixtures-timm fixtures-mmdet benchmark benchmark-train benchmark-export clean
+	fixtures-timm fixtures-mmdet benchmark benchmark-train benchmark-export durations clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,14 +22,11 @@ lint: install
 # Whole suite on TensorFlow; the core model tests again on JAX run inside it, as one more unit
 # of work (tests/test_core_on_jax.py: a JAX pytest process). Every run ends with its
 # 15 slowest tests, so a test that grows expensive shows up in the CI log. pytest-xdist runs
-# TEST_WORKERS processes (2: CI's cores; much of a test's time is single-threaded Python and
-# graph tracing; clean clone, stop 24: 12 min 57 s with the JAX pass inside, .ci/run
-# 13 min 53 s; the same suite took 22 min 52 s on stop 23's slower host); a whole
-# file goes to one worker, so module-scoped fixtures are built once; tests/conftest.py gives
-# each worker's TensorFlow its share of the cores and starts the longest files first, which
-# needs --no-loadscope-reorder (pytest-xdist 3.8): since 3.5 it hands out the files with the
-# most tests first, so the one-test trainings (the longest files) started last.
-# TEST_WORKERS=0 runs in-process.
+# TEST_WORKERS processes (2: CI's cores); a whole file goes to one worker, so module-scoped
+# fixtures are built once; tests/conftest.py gives each worker's TensorFlow its share of the
+# cores and starts the longest files first (tests/durations.json, written by `make
+# durations`), which needs --no-loadscope-reorder (pytest-xdist >= 3.8): without it
+# pytest-xdist hands out the files with the most tests first. TEST_WORKERS=0 runs in-process.
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
@@ -38,14 +35,19 @@ test: install lint test-tf
 test-tf: install
 	KERAS_BACKEND=tensorflow $(PYTEST) tests
 
+# The whole suite with a JUnit report, then tests/durations.json (each file's seconds) from it:
+# the order `make test` starts the files in. Rerun it when tests are added or grow.
+durations: install
+	KERAS_BACKEND=tensorflow $(PYTEST) --junitxml=.pytest-durations.xml tests
+	$(PY) tools/test_durations.py .pytest-durations.xml
+
 # The JAX pass alone: the one test that runs the `core` tests in a JAX process (make test runs
 # it inside the TensorFlow run; its environment and XLA flags are defined there only).
 test-jax: install
 	$(PY) -m pytest -s tests/test_core_on_jax.py
 
 # The everyday loop: everything but the tests marked `slow` (every training run, every export,
-# the multi-worker and kill/resume subprocess runs, the keras-hub fit), on TensorFlow:
-# 3 min 05 s on 2 cores (stop 24's host; 4 min 47 s on stop 23's).
+# the multi-worker and kill/resume subprocess runs, the keras-hub fit), on TensorFlow.
 test-fast: install
 	KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" tests
 
