@@ -58,7 +58,7 @@ def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult
     print(f"{serving.name}: input {INPUT_DESCRIPTION[serving.include_preprocessing]} "
           f"{height}x{width}x3, output {serving.output_name}; checked on {samples.source}")
     common = dict(force=args.force, images=images, reference=reference,
-                  latency_repeats=args.latency_runs)
+                  latency_repeats=args.latency_runs, output_name=serving.output_name)
     results = []
 
     def report(result: verify.CheckResult) -> verify.CheckResult:
