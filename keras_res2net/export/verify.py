@@ -169,8 +169,9 @@ def write_and_check(fmt: str, final_path: str, *, force: bool, write: Callable[[
                     output_name: str = "logits") -> CheckResult:
     """Write an artifact to a staging path, check it, and move it to `final_path` if it passed.
 
-    `output_name` is what the artifact returns (see `check_artifact`). `inspect` may add notes (op lists, compatibility findings) from the staged artifact. The
-    returned result says whether the artifact passed; a failed one is not left anywhere.
+    `output_name` is what the artifact returns (see `check_artifact`). `inspect` may add notes
+    (op lists, compatibility findings) from the staged artifact. The returned result says
+    whether the artifact passed; a failed one is not left anywhere.
     """
     result = CheckResult(fmt, final_path)
     try:
