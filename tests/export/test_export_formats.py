@@ -25,14 +25,17 @@ def test_float_formats_round_trip(digits_model_path, tmp_path, capsys):
     """On the trained digits model and held-out digits, whose predictions span the classes:
     top-1 agreement through a random model on noise (one class everywhere) proves little."""
     code = export("--model", digits_model_path, "--format", "savedmodel", "keras", "tflite",
-                  "onnx", "--calibration-data", "digits", "--output", tmp_path,
+                  "onnx", "openvino", "--calibration-data", "digits", "--output", tmp_path,
                   "--latency-runs", "3")
     out = capsys.readouterr().out
     assert code == 0, out
-    for name in ("digits_savedmodel", "digits.keras", "digits_fp32.tflite", "digits.onnx"):
+    for name in ("digits_savedmodel", "digits.keras", "digits_fp32.tflite", "digits.onnx",
+                 "digits_openvino/digits_openvino.xml", "digits_openvino/digits_openvino.bin"):
         assert os.path.exists(tmp_path / name), out
     lines = [line for line in out.splitlines() if line.startswith("[ok]")]
-    assert len(lines) == 4 and all("top-1 agreement 100.00%" in line for line in lines), out
+    assert len(lines) == 5 and all("top-1 agreement 100.00%" in line for line in lines), out
+    bf16 = [line for line in out.splitlines() if "bf16 inference" in line]
+    assert len(bf16) == 1 and "[agreement >= 99%]" in bf16[0], out
     assert "GPU delegate:" in out and "TensorRT: all in" in out
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".export-")]
     check = calibration.load_samples("digits", (32, 32, 3)).check
@@ -49,6 +52,14 @@ def test_float_formats_round_trip(digits_model_path, tmp_path, capsys):
     assert sorted(signature.structured_outputs) == ["logits", "probabilities"]
     model = keras.saving.load_model(tmp_path / "digits.keras", safe_mode=True)
     assert model.output_names == ["logits"]
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(tmp_path / "digits_openvino/digits_openvino.xml", "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    assert compiled.input(0).get_any_name() == "images"
+    images = np.asarray(preprocess_input(check[:16]), dtype=np.float32)
+    logits = keras.saving.load_model(digits_model_path).predict(images, verbose=0)
+    np.testing.assert_allclose(compiled(images)[0], logits, atol=1e-4 * np.abs(logits).max())
 
 
 @pytest.mark.slow

@@ -34,6 +34,17 @@ def test_bad_options_fail_before_work(tiny_model_path, tmp_path, capsys, args, m
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_openvino_without_the_package_names_the_extra(tiny_model_path, tmp_path, capsys,
+                                                     monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    code = export("--model", tiny_model_path, "--format", "openvino", "--output", tmp_path / "o")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pip install 'keras-res2net[export]'" in err[0], err
+    assert not os.path.exists(tmp_path / "o")
+
+
 def test_other_keras_backends_are_refused(tiny_model_path, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     code = export("--model", tiny_model_path, "--format", "onnx", "--output", tmp_path)
