@@ -3,9 +3,10 @@
 `with_precision(model, "bf16")` returns a copy of any functional Keras model whose layers use
 Keras' `mixed_bfloat16` policy: variables stay float32 (the same weights, bit for bit), each
 layer casts them and its inputs to bfloat16 and computes in bfloat16; on TensorFlow, oneDNN
-runs those convolutions with the CPU's bfloat16 instructions. The classifier head (a last
-`Dense`) stays float32, as Keras' mixed-precision guide advises for the output layer, so the
-logits and softmax are not rounded to bfloat16's 8 significant bits (it is one small matmul).
+runs those convolutions with the CPU's bfloat16 instructions. The layers producing the outputs
+(the classifier head `Dense`) stay float32, as Keras' mixed-precision guide advises for the
+output layer, so the logits and softmax are not rounded to bfloat16's 8 significant bits (it is
+one small matmul).
 
 Only CPUs with native bfloat16 arithmetic gain from it: x86 with AVX512_BF16 or AMX-BF16 (or
 AVX-NE-CONVERT), ARM with the BF16 extension. Elsewhere oneDNN emulates bfloat16 or TensorFlow
@@ -98,12 +99,19 @@ def _is_functional(layer) -> bool:
         isinstance(layer, keras.Sequential)
 
 
-def _recast(model: keras.Model, policy: str, head: keras.layers.Layer | None) -> keras.Model:
+def _output_layers(model: keras.Model) -> set[int]:
+    """ids of the layers that produce `model`'s outputs."""
+    return {id(tensor._keras_history[0]) for tensor in keras.tree.flatten(model.outputs)}
+
+
+def _recast(model: keras.Model, policy: str) -> keras.Model:
+    keep = _output_layers(model)  # the head (of nested models too) stays float32
+
     def clone(layer):
         if _is_functional(layer):
-            return _recast(layer, policy, head)
+            return _recast(layer, policy)
         config = layer.get_config()
-        if layer is not head and "dtype" in config:
+        if id(layer) not in keep and "dtype" in config:
             config["dtype"] = policy
         return layer.__class__.from_config(config)
 
@@ -114,17 +122,15 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
     """A copy of functional `model` computing in `precision` ("fp32" or "bf16"), same weights.
 
     `model` itself is not changed. "fp32" returns a float32 copy (e.g. of a bf16 model). The
-    last layer stays float32 when it is a `Dense` (the classifier head). Call
-    `resolve_precision` first to fall back on CPUs without native bfloat16.
+    layers that produce the outputs (of `model` and of models nested in it: the classifier
+    head) stay float32, so the outputs are float32. Call `resolve_precision` first to fall
+    back on CPUs without native bfloat16.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}.")
     if not _is_functional(model):
         raise ValueError(f"{model.name}: with_precision needs a functional model (subclassed "
                          "models take `dtype=` in their constructor).")
-    last = model.layers[-1]
-    head = last if isinstance(last, keras.layers.Dense) else None
-    copy = _recast(model, POLICIES[precision], head)
+    copy = _recast(model, POLICIES[precision])
     copy.set_weights(model.get_weights())
     return copy
-
