@@ -180,8 +180,9 @@ def calibration_images(shape: tuple, seed: int, count: int = 64) -> np.ndarray:
     return (normalised * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)) * 255.0
 
 
-def our_artifacts(model, folder: str, calibration: np.ndarray) -> dict[str, str]:
-    """Our ONNX, IR and TFLite files of `model` (folded), written as res2net-export does."""
+def our_artifacts(model, folder: str, calibration: np.ndarray, skip: set[str]) -> dict[str, str]:
+    """Our ONNX, IR and TFLite files of `model` (folded), written as res2net-export does;
+    only those that a runtime not in `skip` needs."""
     import contextlib
     import io
 
@@ -189,17 +190,23 @@ def our_artifacts(model, folder: str, calibration: np.ndarray) -> dict[str, str]
 
     with contextlib.redirect_stdout(io.StringIO()):
         serving = source.serving_model(model)
-    paths = {"onnx": os.path.join(folder, "ours.onnx"),
-             "openvino": os.path.join(folder, "ours_openvino"),
-             "tflite fp32": os.path.join(folder, "ours_fp32.tflite"),
-             "tflite int8": os.path.join(folder, "ours_int8.tflite")}
-    onnx_file.write_onnx(serving, paths["onnx"])
-    openvino_ir.write_classifier(serving, paths["openvino"])
+    needed = {"onnx": ["onnxruntime (ours)"],
+              "openvino": ["openvino f32 (ours)", "openvino bf16 (ours)"],
+              "tflite fp32": ["litert fp32 (ours)"], "tflite int8": ["litert int8 (ours)"]}
+    wanted = {kind for kind, users in needed.items() if set(users) - skip}
+    paths = {}
+    if "onnx" in wanted:
+        paths["onnx"] = os.path.join(folder, "ours.onnx")
+        onnx_file.write_onnx(serving, paths["onnx"])
+    if "openvino" in wanted:
+        openvino_ir.write_classifier(serving, os.path.join(folder, "ours_openvino"))
+        paths["openvino"] = openvino_ir.ir_path(os.path.join(folder, "ours_openvino"))
     for quantize in ("fp32", "int8"):
-        with open(paths[f"tflite {quantize}"], "wb") as handle:
-            handle.write(tflite.convert(serving, None if quantize == "fp32" else "int8",
-                                        calibration))
-    paths["openvino"] = openvino_ir.ir_path(paths["openvino"])
+        if f"tflite {quantize}" in wanted:
+            paths[f"tflite {quantize}"] = os.path.join(folder, f"ours_{quantize}.tflite")
+            with open(paths[f"tflite {quantize}"], "wb") as handle:
+                handle.write(tflite.convert(serving, None if quantize == "fp32" else "int8",
+                                            calibration))
     return paths
 
 
@@ -217,33 +224,35 @@ def res2net50_section(args, skip: set[str]) -> dict:
     calibration = calibration_images(images.shape, seed=1)
     folder = tempfile.mkdtemp(prefix="res2net-runtimes-")
     print("writing our artifacts ...", flush=True)
-    ours = our_artifacts(model, folder, calibration)
+    ours = our_artifacts(model, folder, calibration, skip)
     timm_onnx = os.path.join(anchors, "timm_res2net50.onnx")
     litert_torch = {batch: os.path.join(anchors, f"litert_torch_res2net50_b{batch}.tflite")
                     for batch in (*args.batches, len(images))}
     t = args.threads
     nchw = np.ascontiguousarray
-    runtimes = keras_runtimes(model, images) + [
-        Runtime("litert fp32 (ours)", "litert", True,
-                litert_maker(ours["tflite fp32"], nhwc, t, images)),
-        Runtime("litert int8 (ours)", "litert", True,
-                litert_maker(ours["tflite int8"], nhwc, t, images)),
-        Runtime("onnxruntime (ours)", "onnxruntime", True,
-                onnxruntime_maker(ours["onnx"], nhwc, t, images)),
-        Runtime("openvino f32 (ours)", "openvino", True,
-                openvino_maker(ours["openvino"], "f32", nhwc, t, images)),
-        Runtime("openvino bf16 (ours)", "openvino", True,
-                openvino_maker(ours["openvino"], "bf16", nhwc, t, images)),
-        Runtime("onnxruntime (timm onnx)", "onnxruntime", False,
-                onnxruntime_maker(timm_onnx, nchw, t, images)),
-        Runtime("openvino f32 (timm onnx)", "openvino", False,
-                openvino_maker(timm_onnx, "f32", nchw, t, images)),
-        Runtime("openvino bf16 (timm onnx)", "openvino", False,
-                openvino_maker(timm_onnx, "bf16", nchw, t, images)),
-        Runtime("litert (litert-torch)", "litert", False,
-                litert_maker(None, nchw, t, images, batches=litert_torch)),
-    ]
-    runtimes = [r for r in runtimes if r.name not in skip]
+    makers = {  # name -> (family, ours, maker factory): built only if not skipped
+        "litert fp32 (ours)": ("litert", True,
+                               lambda: litert_maker(ours["tflite fp32"], nhwc, t, images)),
+        "litert int8 (ours)": ("litert", True,
+                               lambda: litert_maker(ours["tflite int8"], nhwc, t, images)),
+        "onnxruntime (ours)": ("onnxruntime", True,
+                               lambda: onnxruntime_maker(ours["onnx"], nhwc, t, images)),
+        "openvino f32 (ours)": ("openvino", True, lambda: openvino_maker(
+            ours["openvino"], "f32", nhwc, t, images)),
+        "openvino bf16 (ours)": ("openvino", True, lambda: openvino_maker(
+            ours["openvino"], "bf16", nhwc, t, images)),
+        "onnxruntime (timm onnx)": ("onnxruntime", False,
+                                    lambda: onnxruntime_maker(timm_onnx, nchw, t, images)),
+        "openvino f32 (timm onnx)": ("openvino", False, lambda: openvino_maker(
+            timm_onnx, "f32", nchw, t, images)),
+        "openvino bf16 (timm onnx)": ("openvino", False, lambda: openvino_maker(
+            timm_onnx, "bf16", nchw, t, images)),
+        "litert (litert-torch)": ("litert", False, lambda: litert_maker(
+            None, nchw, t, images, batches=litert_torch)),
+    }
+    runtimes = [r for r in keras_runtimes(model, images) if r.name not in skip] + [
+        Runtime(name, family, is_ours, factory())
+        for name, (family, is_ours, factory) in makers.items() if name not in skip]
     rows = {r.name: {"family": r.family, "ours": r.ours} for r in runtimes}
     scale = float(np.max(np.abs(logits)))
     for r in runtimes:  # accuracy on every reference image (static batch-1 files: one by one)
