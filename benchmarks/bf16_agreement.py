@@ -49,7 +49,7 @@ def measure(name: str, model, images: np.ndarray, labels: np.ndarray) -> dict:
     import keras_res2net
     from keras_res2net.precision import with_precision
 
-    folded = keras_res2net.fold_batchnorm(model, log=lambda _: None)
+    folded = keras_res2net.fold_batchnorm(model, allow_training=True, log=lambda _: None)
     bf16 = with_precision(folded, "bf16")
     fp32_logits = logits_of(folded, images, keras_res2net.preprocess_input)
     bf16_logits = logits_of(bf16, images, keras_res2net.preprocess_input)
