@@ -28,9 +28,9 @@ LONGEST_FIRST = (  # seconds per file, two workers (a full run at stop 24 on its
     "detection/test_train_synthetic_htc.py",  # 232, one test: it must not start late
     "export/test_detection_export.py",  # 162
     "detection/test_mmdet_parity.py",  # 151 (179 less the 28 s of tests merged since)
+    "export/test_export_formats.py",  # ~110: 85 + OpenVINO and bf16 (estimated, loaded host)
     "test_core_on_jax.py",  # 98, one subprocess: the `core` tests on JAX
     "detection/test_run_folder.py",  # 86
-    "export/test_export_formats.py",  # 85
     "detection/test_train_synthetic.py",  # 79
     "detection/test_multi_worker.py",  # 51
     "detection/test_export.py",  # 49
