@@ -42,6 +42,7 @@ from keras_res2net.models import (  # noqa: E402
     create_model,
     pyramid_model,
 )
+from keras_res2net.precision import with_precision  # noqa: E402
 from keras_res2net.variants import (  # noqa: E402
     VARIANTS,
     PretrainedConfig,
@@ -76,4 +77,5 @@ __all__ = [
     "list_models",
     "pretrained_config",
     "pyramid_model",
+    "with_precision",
 ]

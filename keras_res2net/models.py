@@ -164,13 +164,20 @@ def resolve_spec(name: str, **overrides) -> variants.VariantSpec:
 def create_model(model_name: str, *, features_only: bool = False, base_width: int | None = None,
                  scale: int | None = None, cardinality: int | None = None,
                  layers: tuple | None = None, v1b: bool | None = None,
-                 out_indices: Sequence[int] | None = None, **kwargs) -> keras.Model:
+                 out_indices: Sequence[int] | None = None, precision: str = "fp32",
+                 **kwargs) -> keras.Model:
     """Build any variant by official or timm name (`list_models()` lists them).
 
     `features_only=True` returns the multi-scale feature model (see `pyramid_model`);
     `out_indices` picks its feature levels as timm does (see `feature_levels`).
+    `precision="bf16"` returns the model computing in bfloat16 for inference
+    (`keras_res2net.with_precision`: Keras' `mixed_bfloat16`, float32 weights and head); on a
+    CPU without native bfloat16 a `UserWarning` says why and the model stays float32.
     Other keyword arguments are those of `keras.applications` constructors.
     """
+    from keras_res2net.precision import resolve_precision, with_precision
+
+    precision = resolve_precision(precision, what="precision")
     spec = resolve_spec(model_name, base_width=base_width, scale=scale,
                         cardinality=cardinality, layers=layers, v1b=v1b)
     if out_indices is not None and not features_only:
@@ -181,8 +188,10 @@ def create_model(model_name: str, *, features_only: bool = False, base_width: in
         kwargs.setdefault("include_top", False)
         if kwargs["include_top"]:
             raise ValueError("features_only=True builds a backbone: include_top must be False.")
-        return pyramid_model(build_res2net(spec, **kwargs), out_indices=out_indices)
-    return build_res2net(spec, **kwargs)
+        model = pyramid_model(build_res2net(spec, **kwargs), out_indices=out_indices)
+    else:
+        model = build_res2net(spec, **kwargs)
+    return model if precision == "fp32" else with_precision(model, precision)
 
 
 def pyramid_layer_names(model: keras.Model) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Top-5 classes for each image, with the reference's evaluation transform.
 
     python -m keras_res2net.predict IMAGE... --model NAME --weights PATH [--top 5]
-    python -m keras_res2net.predict IMAGE... --model runs/digits/model.keras
+    python -m keras_res2net.predict IMAGE... --model runs/digits/model.keras [--precision bf16]
 
 Images get the variant's own evaluation transform (`keras_res2net.pretrained_config`, timm's
 `pretrained_cfg`): the shorter side resized to input size / crop fraction (256 for 224 at
@@ -10,7 +10,8 @@ std, as timm evaluates the published checkpoints. A `.keras` model (the `model.k
 training writes) is fed images of its own input size, normalised with `preprocess_input`; its
 eval crop fraction comes from the `train_config.json` beside it, if any.
 16-bit images are scaled to 8 bits (divided by 257), not clipped. Every image is checked
-before the model is built.
+before the model is built. `--precision bf16` computes in bfloat16 (`keras_res2net.precision`)
+where the CPU has native bfloat16 arithmetic; elsewhere one line says why and fp32 is used.
 """
 
 from __future__ import annotations
@@ -126,12 +127,18 @@ def keras_eval_transform(path: str, size: int) -> PretrainedConfig:
 
 
 def predict(paths: list[str], model_name: str, weights: str | None, top: int = 5,
-            log=None, fold: bool = True) -> list:
+            log=None, fold: bool = True, precision: str = "fp32") -> list:
     """Top-`top` (id, label, score) per image. `model_name` is a variant name (with `weights`)
     or a `.keras` file. `fold=True` runs the model with its BatchNorm folded into the
-    convolutions (`keras_res2net.fold_batchnorm`: same outputs, faster)."""
+    convolutions (`keras_res2net.fold_batchnorm`: same outputs, faster). `precision="bf16"`
+    computes in bfloat16 where the CPU runs it natively (else one line, to stderr with `log`
+    or as a warning, and fp32)."""
+    from keras_res2net.precision import PRECISIONS, resolve_precision
+
     if top < 1:
         raise UsageError(f"--top must be >= 1; got {top}.")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}.")
     check_images(paths)
     if model_name.endswith(".keras"):
         if weights:
@@ -169,6 +176,12 @@ def predict(paths: list[str], model_name: str, weights: str | None, top: int = 5
         # The count goes to stderr: stdout stays the results (scripts parse it).
         model = fold_batchnorm(model, allow_training=True,
                                log=(lambda line: print(line, file=sys.stderr)) if log else None)
+    precision = resolve_precision(precision, what="--precision", log=(
+        (lambda line: print(f"{PROG}: note: {line}", file=sys.stderr)) if log else None))
+    if precision != "fp32":
+        from keras_res2net.precision import with_precision
+
+        model = with_precision(model, precision)
     # Direct calls, 32 images at a time: no tf.data pipeline or retracing for a few images.
     probabilities = np.concatenate([
         np.asarray(model(preprocess_input(batch[i:i + 32], config.mean, config.std),
@@ -204,11 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=positive_int, default=5)
     parser.add_argument("--no-fold", action="store_true",
                         help="run the model as built, BatchNorm not folded into the convs")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: compute in bfloat16 (Keras mixed_bfloat16) on a CPU with "
+                             "native bfloat16 (AVX512_BF16/AMX, ARM BF16); elsewhere fp32, "
+                             "with one line saying so")
     parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
     try:
         results = predict(args.images, args.model, args.weights, args.top, log=print,
-                          fold=not args.no_fold)
+                          fold=not args.no_fold, precision=args.precision)
     except Exception as err:  # noqa: BLE001  one line per error; --verbose for the traceback
         return report(err, PROG, args.verbose)
     for path, classes in zip(args.images, results, strict=True):

@@ -38,6 +38,10 @@ FORMAT_TABLE = {spec.name: spec for spec in (
     FormatSpec("tflite", "{stem}{size}_{quant}.tflite", detector_quantize=("fp16",)),
     FormatSpec("onnx", "{stem}{size}{tag}.onnx", detector_quantize=("fp16",)),
     FormatSpec("tensorrt", "{stem}{size}_{precision}.engine"),
+    # A folder holding {stem}{size}_openvino.xml and .bin (export/openvino_ir.py).
+    FormatSpec("openvino", "{stem}{size}_openvino", detector_refusal=(
+        "the detector's OpenVINO IR is not offered yet; convert its checked ONNX file with "
+        "OpenVINO's `ovc`")),
 )}
 FORMATS = tuple(FORMAT_TABLE)
 # The refusal of detector int8 (TFLite --quantize int8/dynamic, TensorRT --precision int8).
@@ -172,6 +176,12 @@ def validate(args: argparse.Namespace) -> Plan:
     problem = calibration.describe_problem(args.calibration_data)
     if problem:
         raise OptionError(problem)
+    if "openvino" in formats:
+        from keras_res2net.export import openvino_ir
+
+        problem = openvino_ir.unavailable_reason()
+        if problem:
+            raise OptionError(problem)
     return checked_plan(args, input_size)
 
 

@@ -15,6 +15,7 @@ from keras_res2net.export import (
     calibration,
     keras_file,
     onnx_file,
+    openvino_ir,
     savedmodel,
     source,
     tensorrt_engine,
@@ -58,7 +59,7 @@ def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult
     print(f"{serving.name}: input {INPUT_DESCRIPTION[serving.include_preprocessing]} "
           f"{height}x{width}x3, output {serving.output_name}; checked on {samples.source}")
     common = dict(force=args.force, images=images, reference=reference,
-                  latency_repeats=args.latency_runs)
+                  latency_repeats=args.latency_runs, output_name=serving.output_name)
     results = []
 
     def report(result: verify.CheckResult) -> verify.CheckResult:
@@ -69,7 +70,7 @@ def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult
         return result
 
     name = serving.output_name
-    for fmt in ("savedmodel", "keras", "tflite", "onnx", "tensorrt"):
+    for fmt in ("savedmodel", "keras", "tflite", "onnx", "openvino", "tensorrt"):
         if fmt not in plan.paths:
             continue
         path = plan.paths[fmt]
@@ -99,6 +100,12 @@ def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult
                 write=lambda p: onnx_file.write_onnx(serving, p, args.opset, args.nchw),
                 load=lambda p: onnx_file.load_onnx(p, args.nchw), kind="float32",
                 inspect=onnx_file.inspect_onnx, **common))
+        elif fmt == "openvino":  # checked in f32, then compiled for bf16 (openvino_ir.py)
+            report(verify.write_and_check(
+                "openvino f32", path, write=lambda p: openvino_ir.write_classifier(serving, p),
+                load=openvino_ir.load_ir, kind="float32",
+                inspect=lambda p: openvino_ir.check_bf16(p, images, reference, name,
+                                                         args.latency_runs), **common))
         elif fmt == "tensorrt":
             report(export_tensorrt(args, plan, serving, samples, results, common))
     print()

@@ -2,7 +2,10 @@
 
 Every exporter hands back a `Runner` (a callable on a batch of images, loaded from the artifact
 with the artifact's own runtime); `check_artifact` runs it on the sample images, compares with
-the Keras model's outputs and times batch-1 calls. `staged_path` writes to a temporary name and
+the Keras model's outputs and times batch-1 calls. Probabilities are compared as
+log-probabilities: a softmax that saturates (one class near 1, the rest near 0) hides any error
+in the logits behind differences far below the bound, and log p = logit - logsumexp(logits)
+shows the logits' error again. `staged_path` writes to a temporary name and
 only renames onto the output path once the check has passed, so a failing artifact never sits
 where a user would pick it up.
 """
@@ -27,6 +30,9 @@ FLOAT_TOLERANCE = 1e-4
 # significant bits moves outputs by about 1e-3 of their scale; 1e-2 leaves a 10x margin while
 # still catching a wrong graph (which moves outputs by their full scale).
 FP16_TOLERANCE = 1e-2
+# Probabilities below this are compared as this (log 1e-30 = -69 nats): float32 softmax loses
+# them to underflow (and some runtimes flush denormals to zero), so their logarithm is noise.
+LOG_FLOOR = 1e-30
 # Integer artifacts (int8, dynamic range): judged by top-1 agreement with the float model.
 MIN_AGREEMENT = 0.99
 
@@ -107,34 +113,50 @@ def compare(reference: np.ndarray, outputs: np.ndarray) -> tuple[float, float]:
     return diff, agreement
 
 
-def judge(result: CheckResult, reference: np.ndarray, kind: str) -> None:
-    """Set `bound` and `passed` for a `kind` of artifact: float32, fp16 or int8."""
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """log p, clipped below at log(LOG_FLOOR): the scale on which probability outputs are
+    compared (a logits error of d moves log p by about d; it moves a saturated p by ~0)."""
+    values = np.asarray(probabilities, dtype=np.float64)
+    return np.log(np.clip(values, LOG_FLOOR, None)).astype(np.float32)
+
+
+def judge(result: CheckResult, reference: np.ndarray, kind: str, compared: str = "") -> None:
+    """Set `bound` and `passed` for a `kind` of artifact: float32, fp16 or int8. `compared`
+    names the scale of a float bound when it is not the outputs' own ("log-prob")."""
     scale = max(1.0, float(np.max(np.abs(reference))))
     if kind == "int8":
         result.bound = f"agreement >= {MIN_AGREEMENT:.0%}"
         result.passed = result.agreement >= MIN_AGREEMENT
     else:
         tolerance = (FLOAT_TOLERANCE if kind == "float32" else FP16_TOLERANCE) * scale
-        result.bound = f"|diff| <= {tolerance:.1e}"
+        result.bound = f"{compared + ' ' if compared else ''}|diff| <= {tolerance:.1e}"
         result.passed = result.max_abs_diff <= tolerance
     if not result.passed:
         result.error = f"check failed: outside the bound {result.bound}"
 
 
 def check_artifact(result: CheckResult, load: Callable[[], Runner], images: np.ndarray,
-                   reference: np.ndarray, kind: str, latency_repeats: int = 20) -> CheckResult:
-    """Load the artifact, run `images` through it, compare with `reference`, time batch 1."""
+                   reference: np.ndarray, kind: str, latency_repeats: int = 20,
+                   output_name: str = "logits") -> CheckResult:
+    """Load the artifact, run `images` through it, compare with `reference`, time batch 1.
+
+    `output_name` "probabilities" compares log-probabilities (`log_probabilities`); logits
+    and features are compared as they are.
+    """
     result.size_bytes = path_size(result.path)
+    as_logs = output_name == "probabilities"
     try:
         run = load()
         outputs = run(images)
         result.samples = len(images)
+        if as_logs:
+            reference, outputs = log_probabilities(reference), log_probabilities(outputs)
         result.max_abs_diff, result.agreement = compare(reference, outputs)
     except Exception as err:  # a corrupt artifact fails in its runtime's own way
         result.error = f"could not run the artifact: {type(err).__name__}: {err}"
         result.passed = False
         return result
-    judge(result, reference, kind)
+    judge(result, reference, kind, "log-prob" if as_logs else "")
     if result.passed and latency_repeats:
         result.latency_ms = median_latency_ms(run, images[:1], latency_repeats)
     return result
@@ -143,18 +165,21 @@ def check_artifact(result: CheckResult, load: Callable[[], Runner], images: np.n
 def write_and_check(fmt: str, final_path: str, *, force: bool, write: Callable[[str], None],
                     load: Callable[[str], Runner], images: np.ndarray, reference: np.ndarray,
                     kind: str, latency_repeats: int = 20,
-                    inspect: Callable[[str], list[str]] | None = None) -> CheckResult:
+                    inspect: Callable[[str], list[str]] | None = None,
+                    output_name: str = "logits") -> CheckResult:
     """Write an artifact to a staging path, check it, and move it to `final_path` if it passed.
 
-    `inspect` may add notes (op lists, compatibility findings) from the staged artifact. The
-    returned result says whether the artifact passed; a failed one is not left anywhere.
+    `output_name` is what the artifact returns (see `check_artifact`). `inspect` may add notes
+    (op lists, compatibility findings) from the staged artifact. The returned result says
+    whether the artifact passed; a failed one is not left anywhere.
     """
     result = CheckResult(fmt, final_path)
     try:
         with staged_path(final_path, force) as temp:
             write(temp)
             result.path = temp
-            check_artifact(result, lambda: load(temp), images, reference, kind, latency_repeats)
+            check_artifact(result, lambda: load(temp), images, reference, kind, latency_repeats,
+                           output_name)
             if inspect is not None and result.passed:
                 result.notes.extend(inspect(temp))
             if not result.passed:

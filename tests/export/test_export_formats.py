@@ -25,19 +25,23 @@ def test_float_formats_round_trip(digits_model_path, tmp_path, capsys):
     """On the trained digits model and held-out digits, whose predictions span the classes:
     top-1 agreement through a random model on noise (one class everywhere) proves little."""
     code = export("--model", digits_model_path, "--format", "savedmodel", "keras", "tflite",
-                  "onnx", "--calibration-data", "digits", "--output", tmp_path,
+                  "onnx", "openvino", "--calibration-data", "digits", "--output", tmp_path,
                   "--latency-runs", "3")
     out = capsys.readouterr().out
     assert code == 0, out
-    for name in ("digits_savedmodel", "digits.keras", "digits_fp32.tflite", "digits.onnx"):
+    for name in ("digits_savedmodel", "digits.keras", "digits_fp32.tflite", "digits.onnx",
+                 "digits_openvino/digits_openvino.xml", "digits_openvino/digits_openvino.bin"):
         assert os.path.exists(tmp_path / name), out
     lines = [line for line in out.splitlines() if line.startswith("[ok]")]
-    assert len(lines) == 4 and all("top-1 agreement 100.00%" in line for line in lines), out
+    assert len(lines) == 5 and all("top-1 agreement 100.00%" in line for line in lines), out
+    bf16 = [line for line in out.splitlines() if "bf16 inference" in line]
+    assert len(bf16) == 1 and "[agreement >= 99%]" in bf16[0], out
     assert "GPU delegate:" in out and "TensorRT: all in" in out
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".export-")]
     check = calibration.load_samples("digits", (32, 32, 3)).check
-    predicted = keras.saving.load_model(digits_model_path).predict(
-        preprocess_input(check), verbose=0).argmax(-1)
+    check_inputs = np.asarray(preprocess_input(check), dtype=np.float32)
+    logits = np.asarray(keras.saving.load_model(digits_model_path)(check_inputs))
+    predicted = logits.argmax(-1)
     assert len(np.unique(predicted)) == 10, np.bincount(predicted)
 
     # The artifacts keep their names and contracts outside the CLI too.
@@ -49,6 +53,13 @@ def test_float_formats_round_trip(digits_model_path, tmp_path, capsys):
     assert sorted(signature.structured_outputs) == ["logits", "probabilities"]
     model = keras.saving.load_model(tmp_path / "digits.keras", safe_mode=True)
     assert model.output_names == ["logits"]
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(tmp_path / "digits_openvino/digits_openvino.xml", "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    assert compiled.input(0).get_any_name() == "images"
+    np.testing.assert_allclose(compiled(check_inputs)[0], logits,
+                               atol=1e-4 * np.abs(logits).max())
 
 
 @pytest.mark.slow
@@ -141,3 +152,51 @@ def test_tensorrt_without_tensorrt_names_onnx_and_trtexec(tiny_model_path, tmp_p
     assert f"The checked ONNX file is {onnx_path}" in out
     assert f"trtexec --onnx={onnx_path}" in out and "--fp16" in out
     assert "--maxShapes=images:32x32x32x3" in out
+
+
+def test_bf16_inference_computes_in_bfloat16_and_agrees(digits_model_path, tmp_path, capsys,
+                                                        monkeypatch):
+    """`with_precision(model, "bf16")` on the trained digits model: every conv computes in
+    bfloat16 on float32 weights, the head stays float32, top-1 agrees with fp32 on the
+    held-out digits. The predict CLI uses it, and on a CPU whose flags lack native bfloat16
+    (a cpuinfo file without them) says so in one line and runs fp32."""
+    from PIL import Image
+
+    from keras_res2net import precision, predict
+
+    model = keras.saving.load_model(digits_model_path)
+    bf16 = precision.with_precision(model, "bf16")
+    convs = [layer for layer in bf16.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == "bfloat16" and layer.variable_dtype == "float32"
+                         for layer in convs)
+    assert bf16.layers[-1].compute_dtype == "float32"  # the Dense head
+    digits = load_digits(image_size=32)
+    images = np.asarray(preprocess_input(digits.val_images), dtype=np.float32)
+    inner = keras.Model(bf16.inputs[0], bf16.get_layer(convs[-1].name).output)
+    assert keras.backend.standardize_dtype(inner(images[:1]).dtype) == "bfloat16"
+    reference, logits = np.asarray(model(images)), np.asarray(bf16(images))
+    agreement = np.mean(reference.argmax(-1) == logits.argmax(-1))
+    relative = np.max(np.abs(logits - reference)) / np.max(np.abs(reference))
+    print(f"bf16: top-1 agreement {agreement:.2%} on {len(images)} digits, "
+          f"max|diff| {relative:.1e} of the logits' scale")
+    assert agreement >= 0.99 and 1e-4 < relative < 0.1  # bfloat16's rounding, not float32's
+
+    image = str(tmp_path / "digit.png")
+    Image.fromarray(np.asarray(digits.val_images[0], dtype=np.uint8)).save(image)
+    flags = "flags\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 bf16\n"
+    without = flags.replace(" avx512_bf16 amx_bf16 bf16", "")
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(precision, "CPUINFO", str(cpuinfo))
+    printed = {}
+    for cpu, flag_line in (("bf16 cpu", flags), ("no bf16", without)):
+        cpuinfo.write_text(flag_line)
+        assert predict.main([image, "--model", digits_model_path, "--precision", "bf16",
+                             "--top", "1"]) == 0
+        captured = capsys.readouterr()
+        printed[cpu] = captured.out.splitlines()[-1]  # "  1. class 7   23.81%  (7)"
+        notes = [line for line in captured.err.splitlines() if "bf16" in line]
+        assert len(notes) == (cpu == "no bf16"), notes
+    assert "no native bfloat16" in notes[0] and "using fp32" in notes[0], notes
+    # Same class, other digits of the score: bfloat16 ran on the first CPU, fp32 on the second.
+    assert printed["bf16 cpu"] != printed["no bf16"], printed
+    assert printed["bf16 cpu"].split("%")[1] == printed["no bf16"].split("%")[1], printed

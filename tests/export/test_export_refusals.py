@@ -34,6 +34,17 @@ def test_bad_options_fail_before_work(tiny_model_path, tmp_path, capsys, args, m
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_openvino_without_the_package_names_the_extra(tiny_model_path, tmp_path, capsys,
+                                                     monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    code = export("--model", tiny_model_path, "--format", "openvino", "--output", tmp_path / "o")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pip install 'keras-res2net[export]'" in err[0], err
+    assert not os.path.exists(tmp_path / "o")
+
+
 def test_other_keras_backends_are_refused(tiny_model_path, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     code = export("--model", tiny_model_path, "--format", "onnx", "--output", tmp_path)
@@ -135,3 +146,27 @@ def test_compare_and_trt_op_list():
     assert verify.compare(reference, np.full_like(reference, np.nan))[1] == 0.0
     assert trt_ops.unsupported_ops(["Conv", "Relu", "StatefulPartitionedCall"]) == [
         "StatefulPartitionedCall"]
+
+
+def test_saturated_probabilities_are_compared_as_log_probabilities(tmp_path):
+    """A near one-hot softmax hides a wrong logit (the probabilities move by ~1e-17): the
+    check compares log-probabilities, which move by the logit's error."""
+    logits = np.random.default_rng(0).normal(0.0, 3.0, (8, 10))
+    logits[:, 0] += 40.0  # saturated: p(class 0) = 1 - 1e-17
+
+    def softmax(values):
+        shifted = np.exp(values - values.max(-1, keepdims=True))
+        return (shifted / shifted.sum(-1, keepdims=True)).astype(np.float32)
+
+    wrong = logits.copy()
+    wrong[:, 1:] += 0.5
+    assert np.max(np.abs(softmax(wrong) - softmax(logits))) < verify.FLOAT_TOLERANCE
+    artifact = tmp_path / "artifact.bin"
+    artifact.write_bytes(b"stand-in")
+    for outputs, passes in ((softmax(logits), True), (softmax(wrong), False)):
+        result = verify.check_artifact(
+            verify.CheckResult("stand-in", str(artifact)), lambda o=outputs: (lambda _: o),
+            np.zeros((8, 1), np.float32), softmax(logits), "float32", latency_repeats=0,
+            output_name="probabilities")
+        assert result.passed is passes, result.line()
+    assert result.max_abs_diff == pytest.approx(0.5, abs=1e-3) and "log-prob" in result.bound
