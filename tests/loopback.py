@@ -20,6 +20,7 @@ environment): a SIGTERM or SIGKILL at a known step, on one chosen worker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -181,6 +182,21 @@ def run_workers(popen: Callable[..., subprocess.Popen], args: list[str], workers
                      next(r.err for r in results if r.code != 0))
         raise AssertionError(f"worker exit codes {codes}:\n{first[-3000:]}")
     return [r.out for r in results]
+
+
+@contextlib.contextmanager
+def op_determinism_restored() -> Iterator[None]:
+    """Around a training with `deterministic=True` in the test process: TensorFlow's op
+    determinism (process-wide, on once enabled) is turned off again afterwards if it was off
+    before, so later tests run as they would alone."""
+    from tensorflow.python.framework import config  # no public way to ask or to turn it off
+
+    was_on = config.is_op_determinism_enabled()
+    try:
+        yield
+    finally:
+        if not was_on:
+            config.disable_op_determinism()
 
 
 def weight_digests(outputs: list[str]) -> list[str]:
