@@ -7,8 +7,6 @@ its step (no error) and writes a checkpoint.
 
 from __future__ import annotations
 
-import os
-
 import keras
 import pytest
 import tensorflow as tf
