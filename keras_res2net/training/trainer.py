@@ -303,17 +303,15 @@ class Trainer:
                              "to another model (variables differ: "
                              f"{str(err).strip().splitlines()[0][:160]}); choose another "
                              "--model_dir or train with the settings it was made with.") from err
-        step = int(self.step.numpy())
-        if has_run_state:
-            self._check_cluster(step)
         history = os.path.join(self.model_dir, HISTORY)
         if os.path.exists(history):
             with open(history) as f:
                 self.history = json.load(f)
-        return step
+        return int(self.step.numpy())
 
     def _check_cluster(self, step: int) -> None:
-        """Refuse to resume a checkpoint on another number of workers or replicas."""
+        """Refuse to resume a checkpoint on another number of workers or replicas (an
+        evaluation of it may run on any; a checkpoint without the record passes)."""
         saved = [int(v) for v in self.cluster.numpy()]
         if saved != [self.workers, self.replicas]:
             def size(workers: int, replicas: int) -> str:
@@ -383,6 +381,7 @@ class Trainer:
             remove_stale(self.model_dir, STALE_PATTERNS)
             remove_stale(os.path.join(self.model_dir, CHECKPOINTS), STALE_CHECKPOINT_PATTERNS)
         step = self.restore()
+        self._check_cluster(step)
         self._steps_done = self._first_step = step
         self.task.begin(self.model_dir, self.chief)
         try:
