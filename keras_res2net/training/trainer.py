@@ -9,10 +9,14 @@ optimizer, input pipelines, the replica's train step, the evaluation) and `Train
   TF 2.21, keras-team/keras#20585, tensorflow#72388); each input pipeline builds its own
   shard (`distribute_datasets_from_function`) with the per-replica batch size; BatchNorm
   moving statistics are averaged over the replicas before every save and evaluation;
-- a `tf.train.CheckpointManager` (model, optimizer, step) every `checkpoint_every` steps and
-  at each epoch end; a restarted run (after SIGKILL too) resumes from the latest checkpoint,
-  the task's input pipeline skipping the batches already seen in that epoch; temporaries of
-  a killed run (`checkpoints/*_temp`, `.partial-*`) are removed at the start;
+- a `tf.train.CheckpointManager` (model, optimizer, step; under `run/` the cluster size and
+  the task's `checkpoint_items()`) every `checkpoint_every` steps and at each epoch end; a
+  restarted run (after SIGKILL too) resumes from the latest checkpoint, on the cluster size
+  that wrote it, the task's input pipeline skipping the batches already seen in that epoch;
+  temporaries of a killed run (`checkpoints/*_temp`, `.partial-*`) are removed at the start;
+- a SIGTERM to any worker makes every worker save the next step's checkpoint and stop
+  (`PreemptedError`, exit status 42); a lost peer (its heartbeats stop) stops the survivors
+  (`WorkerLostError`); `deterministic` turns on op determinism (`determinism`);
 - a progress bar per epoch (running means of every value the train step returns), one line
   per epoch, TensorBoard scalars (`tensorboard/`: `train/*`, `validation/*`),
   `history.json` and `history.png` (curves of every train value and evaluation metric),
