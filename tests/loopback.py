@@ -15,7 +15,8 @@ A cluster whose worker still reports its address in use is started again on new 
 
 `SIGNAL_AFTER_CHECKPOINT` runs a training script whose process sends itself a signal right
 after the trainer saved a given step's checkpoint (`SIGNAL_ENV="STEP:SIGTERM"` in its
-environment): a SIGTERM or SIGKILL at a known step, on one chosen worker.
+environment): a SIGTERM or SIGKILL at a known step, on one chosen worker; or whose chief
+copies its run folder there (`COPY_ENV="STEP:DEST"`) and trains on.
 """
 
 from __future__ import annotations
@@ -46,23 +47,28 @@ def script_env(**extra: str) -> dict:
 
 
 SIGNAL_ENV = "RES2NET_TEST_SIGNAL_AFTER_CHECKPOINT"
-# The script (argv[1]) with `Trainer.save` patched to send the process the signal named in
-# SIGNAL_ENV ("STEP:SIGNAL") once the checkpoint of STEP is saved; without it, the script.
+COPY_ENV = "RES2NET_TEST_COPY_AFTER_CHECKPOINT"
+# The script (argv[1]) with `Trainer.save` patched: once the checkpoint of STEP is saved, the
+# process sends itself the signal named in SIGNAL_ENV ("STEP:SIGNAL"), and the chief copies
+# its model_dir to DEST (COPY_ENV "STEP:DEST": the folder as a kill at that point leaves it);
+# without either variable, the script as it is.
 SIGNAL_AFTER_CHECKPOINT = f"""
-import os, runpy, signal, sys
-when = os.environ.get({SIGNAL_ENV!r})
-if when:
+import os, runpy, shutil, signal, sys
+signal_at, copy_at = os.environ.get({SIGNAL_ENV!r}), os.environ.get({COPY_ENV!r})
+if signal_at or copy_at:
     from keras_res2net.training import trainer as loop
 
-    step, name = when.split(":")
     save = loop.Trainer.save
 
-    def save_then_signal(self):
+    def save_then_act(self):
         save(self)
-        if int(self.step.numpy()) == int(step):
-            os.kill(os.getpid(), getattr(signal, name))
+        step = str(int(self.step.numpy()))
+        if copy_at and copy_at.split(":", 1)[0] == step and self.chief:
+            shutil.copytree(self.model_dir, copy_at.split(":", 1)[1])
+        if signal_at and signal_at.split(":")[0] == step:
+            os.kill(os.getpid(), getattr(signal, signal_at.split(":")[1]))
 
-    loop.Trainer.save = save_then_signal
+    loop.Trainer.save = save_then_act
 script = sys.argv[1]
 sys.argv = sys.argv[1:]
 runpy.run_path(script, run_name="__main__")
@@ -171,10 +177,11 @@ def run_cluster(popen: Callable[..., subprocess.Popen], args: list[str], workers
 
 
 def run_workers(popen: Callable[..., subprocess.Popen], args: list[str], workers: int = 2,
-                timeout: float = 240, attempts: int = 3) -> list[str]:
+                timeout: float = 240, attempts: int = 3,
+                worker_env: dict | None = None) -> list[str]:
     """`run_cluster` where every worker must succeed: their stdouts. A failure fails the
     test with the failing worker's stderr tail."""
-    results = run_cluster(popen, args, workers, timeout, attempts)
+    results = run_cluster(popen, args, workers, timeout, attempts, worker_env)
     if any(r.code != 0 for r in results):
         codes = [r.code for r in results]
         # A worker killed here (code -9) was waiting for the one that failed.
