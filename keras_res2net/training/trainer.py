@@ -274,8 +274,8 @@ class Trainer:
         return train_step
 
     def _run_step(self, iterator) -> dict:
-        """One train step; saves a checkpoint and raises `PreemptedError` if any worker received
-        a SIGTERM (before or during it)."""
+        """One train step; saves a checkpoint and raises `PreemptedError` if any worker
+        received a SIGTERM (before or during it)."""
         sigterm = tf.constant(1.0 if self._sigterm.is_set() else 0.0)
         if self.deterministic and self._steps_done == self._first_step:
             determinism.check_step(self._train_fn.get_concrete_function(iterator, sigterm))
@@ -348,8 +348,9 @@ class Trainer:
             cause, rerun = f"{whose} SIGTERM", "the same command on every worker"
         else:
             cause, rerun = "SIGTERM", "the same command"
-        raise PreemptedError(f"stopped by {cause} after step {step}/{self.total_steps} (weights "
-                        f"sha256 {digest}): checkpoint {path} saved; rerun {rerun} to resume.")
+        raise PreemptedError(f"stopped by {cause} after step {step}/{self.total_steps} "
+                             f"(weights sha256 {digest}): checkpoint {path} saved; rerun "
+                             f"{rerun} to resume.")
 
     @contextlib.contextmanager
     def _sigterm_checkpoints(self):
