@@ -12,10 +12,16 @@ the port only by binding it with `SO_REUSEPORT` as the same user (any other bind
 and the kernel's automatic port choice skips bound ports), and connections reach the one
 listening socket, the worker's.
 A cluster whose worker still reports its address in use is started again on new ports.
+
+`SIGNAL_AFTER_CHECKPOINT` runs a training script whose process sends itself a signal right
+after the trainer saved a given step's checkpoint (`SIGNAL_ENV="STEP:SIGTERM"` in its
+environment): a SIGTERM or SIGKILL at a known step, on one chosen worker; or whose chief
+copies its run folder there (`COPY_ENV="STEP:DEST"`) and trains on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,7 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,12 +46,44 @@ def script_env(**extra: str) -> dict:
     return env
 
 
-def script_popen(script: str) -> Callable[..., subprocess.Popen]:
-    """`popen(args, env=..., **kwargs)` starting `script` (relative to the repo) in `ROOT`."""
+SIGNAL_ENV = "RES2NET_TEST_SIGNAL_AFTER_CHECKPOINT"
+COPY_ENV = "RES2NET_TEST_COPY_AFTER_CHECKPOINT"
+# The script (argv[1]) with `Trainer.save` patched: once the checkpoint of STEP is saved, the
+# process sends itself the signal named in SIGNAL_ENV ("STEP:SIGNAL"), and the chief copies
+# its model_dir to DEST (COPY_ENV "STEP:DEST": the folder as a kill at that point leaves it);
+# without either variable, the script as it is.
+SIGNAL_AFTER_CHECKPOINT = f"""
+import os, runpy, shutil, signal, sys
+signal_at, copy_at = os.environ.get({SIGNAL_ENV!r}), os.environ.get({COPY_ENV!r})
+if signal_at or copy_at:
+    from keras_res2net.training import trainer as loop
+
+    save = loop.Trainer.save
+
+    def save_then_act(self):
+        save(self)
+        step = str(int(self.step.numpy()))
+        if copy_at and copy_at.split(":", 1)[0] == step and self.chief:
+            shutil.copytree(self.model_dir, copy_at.split(":", 1)[1])
+        if signal_at and signal_at.split(":")[0] == step:
+            os.kill(os.getpid(), getattr(signal, signal_at.split(":")[1]))
+
+    loop.Trainer.save = save_then_act
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def script_popen(script: str, signals: bool = False) -> Callable[..., subprocess.Popen]:
+    """`popen(args, env=..., **kwargs)` starting `script` (relative to the repo) in `ROOT`;
+    with `signals`, through `SIGNAL_AFTER_CHECKPOINT`."""
+    wrapper = ["-c", SIGNAL_AFTER_CHECKPOINT] if signals else []
+
     def popen(args: list[str], **kwargs) -> subprocess.Popen:
         env = script_env(**kwargs.pop("env", {}))
-        return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
-                                env=env, **kwargs)
+        return subprocess.Popen([sys.executable, *wrapper, os.path.join(ROOT, script), *args],
+                                cwd=ROOT, env=env, **kwargs)
     return popen
 
 
@@ -64,13 +103,21 @@ def reserved_ports(n: int) -> list[socket.socket]:
 ADDRESS_IN_USE = re.compile(r"Address already in use|EADDRINUSE|Could not start gRPC server")
 
 
-def _run_cluster(popen, args, workers, timeout, folder) -> list[tuple[int, str, str]]:
-    """One attempt: (returncode, stdout, stderr) per worker. The ports stay reserved until
-    every worker has exited; if a worker fails, the others (waiting for it forever) are
-    killed."""
+class WorkerResult(NamedTuple):
+    code: int  # exit status (negative: killed by that signal)
+    out: str
+    err: str
+    ended: float  # time.monotonic() at which the test saw it exit
+
+
+def _run_cluster(popen, args, workers, timeout, folder, worker_env, grace
+                 ) -> list[WorkerResult]:
+    """One attempt, one result per worker. The ports stay reserved until every worker has
+    exited; once a worker fails, the others (which may wait for it forever) get `grace`
+    seconds to exit by themselves, then are killed."""
     sockets = reserved_ports(workers)
     addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
-    procs, files = [], []
+    procs, files, ended = [], [], {}
     try:
         for index in range(workers):
             tf_config = json.dumps({"cluster": {"worker": addresses},
@@ -78,21 +125,26 @@ def _run_cluster(popen, args, workers, timeout, folder) -> list[tuple[int, str, 
             out = open(os.path.join(folder, f"worker{index}.out"), "w+")
             err = open(os.path.join(folder, f"worker{index}.err"), "w+")
             files.append((out, err))
-            procs.append(popen(args, env={"TF_CONFIG": tf_config, "TF_GRPC_REUSE_PORT": "1"},
-                               text=True, stdout=out, stderr=err))
+            env = {"TF_CONFIG": tf_config, "TF_GRPC_REUSE_PORT": "1",
+                   **(worker_env or {}).get(index, {})}
+            procs.append(popen(args, env=env, text=True, stdout=out, stderr=err))
         deadline = time.monotonic() + timeout
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p in procs):
-                break
-            time.sleep(0.2)
+        while len(ended) < workers and time.monotonic() < deadline:
+            for index, proc in enumerate(procs):
+                if index not in ended and proc.poll() is not None:
+                    ended[index] = time.monotonic()
+                    if proc.returncode != 0:
+                        deadline = min(deadline, ended[index] + grace)
+            time.sleep(0.1)
         results = []
-        for proc, (out, err) in zip(procs, files, strict=True):
+        for index, (proc, (out, err)) in enumerate(zip(procs, files, strict=True)):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             out.seek(0)
             err.seek(0)
-            results.append((proc.returncode, out.read(), err.read()))
+            results.append(WorkerResult(proc.returncode, out.read(), err.read(),
+                                        ended.get(index, time.monotonic())))
         return results
     finally:
         for proc in procs:
@@ -106,26 +158,52 @@ def _run_cluster(popen, args, workers, timeout, folder) -> list[tuple[int, str, 
                 f.close()
 
 
-def run_workers(popen: Callable[..., subprocess.Popen], args: list[str], workers: int = 2,
-                timeout: float = 240, attempts: int = 3) -> list[str]:
-    """Start `workers` processes with `popen(args, env=..., ...)`; return their stdouts.
+def run_cluster(popen: Callable[..., subprocess.Popen], args: list[str], workers: int = 2,
+                timeout: float = 240, attempts: int = 3, worker_env: dict | None = None,
+                grace: float = 0.0) -> list[WorkerResult]:
+    """Start `workers` processes with `popen(args, env=..., ...)` (worker i's environment
+    plus `worker_env[i]`); return each one's `WorkerResult`, whatever its exit status.
 
-    The ports are reserved (see the module's docstring); should a worker still report its
-    address in use, the cluster is started again on new ports, up to `attempts` times. Any
-    other failure fails the test with the failing worker's stderr tail."""
+    The ports are reserved (see the module's docstring); should a worker report its address
+    in use, the cluster is started again on new ports, up to `attempts` times. Once a worker
+    fails, the others get `grace` seconds to exit by themselves before they are killed."""
     for attempt in range(attempts):
         with tempfile.TemporaryDirectory() as folder:
-            results = _run_cluster(popen, args, workers, timeout, folder)
-        if all(code == 0 for code, _, _ in results):
-            return [out for _, out, _ in results]
-        failed = [err for code, _, err in results if code != 0]
-        if attempt + 1 < attempts and any(ADDRESS_IN_USE.search(err) for err in failed):
-            continue
-        codes = [code for code, _, _ in results]
-        # A worker killed here (code -9) was waiting for the one that failed.
-        first = next((err for code, _, err in results if code not in (0, -9)), failed[0])
-        raise AssertionError(f"worker exit codes {codes}:\n{first[-3000:]}")
+            results = _run_cluster(popen, args, workers, timeout, folder, worker_env, grace)
+        in_use = any(r.code != 0 and ADDRESS_IN_USE.search(r.err) for r in results)
+        if not (in_use and attempt + 1 < attempts):
+            return results
     raise AssertionError("unreachable")
+
+
+def run_workers(popen: Callable[..., subprocess.Popen], args: list[str], workers: int = 2,
+                timeout: float = 240, attempts: int = 3,
+                worker_env: dict | None = None) -> list[str]:
+    """`run_cluster` where every worker must succeed: their stdouts. A failure fails the
+    test with the failing worker's stderr tail."""
+    results = run_cluster(popen, args, workers, timeout, attempts, worker_env)
+    if any(r.code != 0 for r in results):
+        codes = [r.code for r in results]
+        # A worker killed here (code -9) was waiting for the one that failed.
+        first = next((r.err for r in results if r.code not in (0, -9)),
+                     next(r.err for r in results if r.code != 0))
+        raise AssertionError(f"worker exit codes {codes}:\n{first[-3000:]}")
+    return [r.out for r in results]
+
+
+@contextlib.contextmanager
+def op_determinism_restored() -> Iterator[None]:
+    """Around a training with `deterministic=True` in the test process: TensorFlow's op
+    determinism (process-wide, on once enabled) is turned off again afterwards if it was off
+    before, so later tests run as they would alone."""
+    from tensorflow.python.framework import config  # no public way to ask or to turn it off
+
+    was_on = config.is_op_determinism_enabled()
+    try:
+        yield
+    finally:
+        if not was_on:
+            config.disable_op_determinism()
 
 
 def weight_digests(outputs: list[str]) -> list[str]:

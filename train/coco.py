@@ -31,7 +31,9 @@ from absl import app, flags
 from keras_res2net.cli_errors import report
 from keras_res2net.detection import configs, trainer
 from keras_res2net.detection.data import sources
+from keras_res2net.training.determinism import strategy_error
 from keras_res2net.training.strategies import make_strategy
+from keras_res2net.training.trainer import PreemptedError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("experiment", None,
@@ -76,6 +78,9 @@ flags.DEFINE_bool("check_images", True, "--data coco_json: decode every training
 flags.DEFINE_bool("skip_bad_images", False, "Train without the training images that do not "
                   "decode (or differ from their annotated size) instead of stopping; their "
                   "number is reported.")
+flags.DEFINE_bool("deterministic", False, "Op determinism: two runs with the same seed, "
+                  "cluster and thread settings (or a run killed and resumed) write the same "
+                  "weights; refuses a TPU and ops without a deterministic kernel.")
 flags.DEFINE_bool("verbose", False, "Print the traceback of an error, not just its message.")
 
 PROG = "train/coco.py"
@@ -91,6 +96,9 @@ def main(argv) -> None:
     del argv
     try:
         run()
+    except PreemptedError as stopped:  # a checkpoint was saved: not an error
+        print(f"{PROG}: {stopped}", flush=True)
+        sys.exit(stopped.exit_code)
     except Exception as error:  # noqa: BLE001  one line per error; --verbose for the traceback
         fail(error)
 
@@ -101,6 +109,8 @@ def run() -> None:
         checkpoint=FLAGS.checkpoint, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
         max_size=FLAGS.max_size)
     if FLAGS.mode in ("train", "train_and_eval"):
+        if FLAGS.deterministic and strategy_error(FLAGS.strategy):
+            raise ValueError(strategy_error(FLAGS.strategy))
         # The strategy first: multi_worker configures collectives, before any TF op runs.
         strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu, device=FLAGS.device)
         source = sources.open_source(FLAGS.data, config, FLAGS.data_dir,
@@ -117,7 +127,8 @@ def run() -> None:
         detector = trainer.DetectionTrainer(
             config, source, folder, strategy=strategy, name=name,
             backbone_weights=FLAGS.backbone_weights, checkpoint_every=FLAGS.checkpoint_every,
-            eval_data_dir=eval_dir, evaluator=FLAGS.evaluator)
+            eval_data_dir=eval_dir, evaluator=FLAGS.evaluator,
+            deterministic=FLAGS.deterministic)
         detector.train()
         if detector.chief and eval_dir is not None:  # the last epoch's evaluation
             print(json.dumps(detector.task.last_metrics), flush=True)

@@ -74,6 +74,9 @@ flags.DEFINE_enum("mixed_precision", "float32", config_lib.PRECISIONS, "Compute 
                   "mixed_float16 uses loss scaling.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the forward and backward pass.")
 flags.DEFINE_integer("seed", 0, "Seed for weights, data order and augmentation.")
+flags.DEFINE_bool("deterministic", False, "Op determinism: two runs with the same seed, "
+                  "cluster and thread settings (or a run killed and resumed) write the same "
+                  "weights; refuses a TPU and ops without a deterministic kernel.")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass).")
 flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every N steps (and at each "
                      "epoch end).")
@@ -115,9 +118,13 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         return report(err, prog, FLAGS.verbose)
     from keras_res2net.training import run
+    from keras_res2net.training.trainer import PreemptedError
 
     try:
         run(config)
+    except PreemptedError as stopped:  # a checkpoint was saved: not an error
+        print(f"{prog}: {stopped}", flush=True)
+        return stopped.exit_code
     except Exception as err:  # noqa: BLE001  one line per error; --verbose for the traceback
         return report(err, prog, FLAGS.verbose)
     return 0

@@ -70,7 +70,7 @@ class DetectionTrainingTask(trainer_lib.Task):
         self.global_batch_size = config.data.batch_size
         # The sampling SeedGenerator stays a plain (per-worker) variable: created in the
         # scope it would be mirrored with aggregation "none", which replicas can't update.
-        # Every worker starts it from the same seed.
+        # Every worker starts it from the same seed; checkpoints save it (checkpoint_items).
         self.detection = DetectionTask(config)
         self.backbone_weights = backbone_weights
         self.eval_data_dir, self.evaluator = eval_data_dir, evaluator
@@ -85,6 +85,10 @@ class DetectionTrainingTask(trainer_lib.Task):
 
     def build_optimizer(self, model: keras.Model) -> keras.optimizers.Optimizer:
         return self.detection.build_optimizer()
+
+    def checkpoint_items(self) -> dict:
+        """The RoI-sampling seed state: a resumed run draws what an uninterrupted one would."""
+        return {"sampling_seed": self.detection.seed.state}
 
     def train_dataset(self, context, epoch: int, skip: int) -> tf.data.Dataset:
         raw = self.source.raw()
@@ -143,7 +147,7 @@ class DetectionTrainer(trainer_lib.Trainer):
                  backbone_weights: str | None = None, checkpoint_every: int = 200,
                  tpu: str | None = None, device: str | None = None,
                  name: str | None = None, eval_data_dir=None,
-                 evaluator: str = "pycocotools"):
+                 evaluator: str = "pycocotools", deterministic: bool = False):
         if isinstance(strategy, str):
             strategy = make_strategy(strategy, tpu=tpu, device=device)
         strategy = strategy or tf.distribute.get_strategy()
@@ -166,7 +170,7 @@ class DetectionTrainer(trainer_lib.Trainer):
         super().__init__(task, model_dir, strategy,
                          steps_per_epoch=steps_per_epoch or max(min(steps, 500), 1),
                          total_steps=steps, checkpoint_every=checkpoint_every,
-                         max_checkpoints=3)
+                         max_checkpoints=3, deterministic=deterministic)
 
     def train(self) -> float:
         """Train to `config.train.steps`, resuming if possible; return seconds per step
@@ -178,17 +182,19 @@ class DetectionTrainer(trainer_lib.Trainer):
 def train(config: ExperimentConfig, data_dir=None, model_dir=None, *, backbone_weights=None,
           checkpoint_every: int = 200, strategy: str | tf.distribute.Strategy | None = None,
           source: TrainSource | None = None, name: str | None = None,
-          eval_data_dir=None) -> tuple[DetectionTask, keras.Model, float]:
+          eval_data_dir=None, deterministic: bool = False
+          ) -> tuple[DetectionTask, keras.Model, float]:
     """Train an experiment; returns (task, model, seconds per step after the first).
 
     `source` defaults to the experiment's COCO JSON files under `data_dir`; `name` is recorded
     in `model_dir/experiment.json`; with `eval_data_dir`, COCO AP is evaluated at each epoch
-    end (history.json, history.png, TensorBoard)."""
+    end (history.json, history.png, TensorBoard); `deterministic`: see train/coco.py's
+    `--deterministic`."""
     source = source or coco_json_source(config, data_dir)
     trainer = DetectionTrainer(config, source, model_dir, strategy=strategy,
                                backbone_weights=backbone_weights,
                                checkpoint_every=checkpoint_every, name=name,
-                               eval_data_dir=eval_data_dir)
+                               eval_data_dir=eval_data_dir, deterministic=deterministic)
     seconds_per_step = trainer.train()
     return trainer.task.detection, trainer.model, seconds_per_step
 

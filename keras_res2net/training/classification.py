@@ -194,7 +194,8 @@ class Trainer(trainer_lib.Trainer):
                          steps_per_epoch=task.steps_per_epoch,
                          total_steps=config.epochs * task.steps_per_epoch,
                          checkpoint_every=config.checkpoint_every,
-                         max_checkpoints=config.max_checkpoints)
+                         max_checkpoints=config.max_checkpoints,
+                         deterministic=config.deterministic)
         self.source = task.source
         if config.mixed_precision == "mixed_float16" and not on_accelerator():
             self._log(CPU_FLOAT16_NOTE)

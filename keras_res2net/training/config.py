@@ -65,6 +65,7 @@ class TrainConfig:
     mixed_precision: str = "float32"
     jit_compile: bool = False
     seed: int = 0
+    deterministic: bool = False  # op determinism: same seed and cluster, same weights
     steps_per_epoch: int | None = None  # None: one pass over the training split
     checkpoint_every: int = 500  # steps
     max_checkpoints: int = 3
@@ -177,6 +178,12 @@ def validate(config: TrainConfig) -> None:
     if config.strategy == "tpu" and not config.tpu:
         raise ValueError("--strategy tpu needs --tpu (a TPU name or grpc:// address; 'local' "
                          "for a TPU VM).")
+    if config.deterministic:
+        from keras_res2net.training.determinism import strategy_error
+
+        error = strategy_error(config.strategy)
+        if error:
+            raise ValueError(error)
     if config.strategy == "multi_worker" and not os.environ.get("TF_CONFIG"):
         raise ValueError("--strategy multi_worker reads the cluster from the TF_CONFIG "
                          "environment variable, which is not set (see README, Training).")

@@ -42,6 +42,15 @@ def task_info() -> tuple[str | None, int]:
     return task.get("type"), int(task.get("index", 0))
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """How many processes train together: the chief and workers of `TF_CONFIG` under
+    MultiWorkerMirroredStrategy, else 1."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return max(len(cluster.get("chief", [])) + len(cluster.get("worker", [])), 1)
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True for the one process that writes checkpoints, summaries and the final model."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

@@ -9,10 +9,14 @@ optimizer, input pipelines, the replica's train step, the evaluation) and `Train
   TF 2.21, keras-team/keras#20585, tensorflow#72388); each input pipeline builds its own
   shard (`distribute_datasets_from_function`) with the per-replica batch size; BatchNorm
   moving statistics are averaged over the replicas before every save and evaluation;
-- a `tf.train.CheckpointManager` (model, optimizer, step) every `checkpoint_every` steps and
-  at each epoch end; a restarted run (after SIGKILL too) resumes from the latest checkpoint,
-  the task's input pipeline skipping the batches already seen in that epoch; temporaries of
-  a killed run (`checkpoints/*_temp`, `.partial-*`) are removed at the start;
+- a `tf.train.CheckpointManager` (model, optimizer, step; under `run/` the cluster size and
+  the task's `checkpoint_items()`) every `checkpoint_every` steps and at each epoch end; a
+  restarted run (after SIGKILL too) resumes from the latest checkpoint, on the cluster size
+  that wrote it, the task's input pipeline skipping the batches already seen in that epoch;
+  temporaries of a killed run (`checkpoints/*_temp`, `.partial-*`) are removed at the start;
+- a SIGTERM to any worker makes every worker save the next step's checkpoint and stop
+  (`PreemptedError`, exit status 42); a lost peer (its heartbeats stop) stops the survivors
+  (`WorkerLostError`); `deterministic` turns on op determinism (`determinism`);
 - a progress bar per epoch (running means of every value the train step returns), one line
   per epoch, TensorBoard scalars (`tensorboard/`: `train/*`, `validation/*`),
   `history.json` and `history.png` (curves of every train value and evaluation metric),
@@ -25,26 +29,47 @@ optimizer, input pipelines, the replica's train step, the evaluation) and `Train
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_res2net.cli_errors import atomic_file, remove_stale
-from keras_res2net.training.strategies import is_chief, task_info
+from keras_res2net.cli_errors import WorkError, atomic_file, remove_stale
+from keras_res2net.training import determinism
+from keras_res2net.training.strategies import is_chief, num_workers, task_info
 
 CHECKPOINTS = "checkpoints"
 HISTORY = "history.json"
 STALE_PATTERNS = (".partial-*",)  # artifact / history temporaries of killed runs
 STALE_CHECKPOINT_PATTERNS = ("*_temp", "*_temp_*")  # tf.train.Checkpoint's staging folders
+#: Exit status of a run stopped by SIGTERM after saving a checkpoint: "rerun to resume"
+#: (TensorFlow's `TerminationConfig` restart code).
+PREEMPTED_EXIT_CODE = 42
+# What a collective op raises once the coordination service has found a peer gone (its
+# heartbeats stopped, or its connection was reset): the survivors stop with `WorkerLostError`.
+LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                    tf.errors.AbortedError, tf.errors.CancelledError)
+
+
+class PreemptedError(WorkError):
+    """A SIGTERM stopped the run after its checkpoint was saved; rerunning resumes."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+
+class WorkerLostError(WorkError):
+    """A worker of a multi-worker run stopped or became unreachable (exit status 1)."""
 
 
 class Task(abc.ABC):
@@ -93,6 +118,11 @@ class Task(abc.ABC):
     def begin(self, model_dir: str, chief: bool) -> None:
         """Called by `train()` once the latest checkpoint is restored (a run record)."""
         del model_dir, chief  # nothing to record by default
+
+    def checkpoint_items(self) -> dict:
+        """Task state the trainer saves in every checkpoint and restores on resume, beside
+        model, optimizer and step: `{name: trackable}` (e.g. a random generator's state)."""
+        return {}
 
     @abc.abstractmethod
     def export(self, model: keras.Model, path: str) -> None:
@@ -147,26 +177,44 @@ def short_name(key: str) -> str:
     return "acc" if key == "accuracy" else key.removesuffix("_loss")
 
 
+def peer_failure(err: tf.errors.OpError) -> str:
+    """The line of a collective's error that says which peer failed and how."""
+    lines = [line.strip() for line in str(err.message).splitlines() if line.strip()]
+    clues = ("heartbeat", "unhealthy", "Socket closed", "Connection reset", "is down",
+             "Deadline Exceeded", "Connection refused")
+    cause = next((line for line in lines if any(clue in line for clue in clues)),
+                 lines[0] if lines else type(err).__name__)
+    return cause.removeprefix("Error reported from ")[:200]
+
+
 class Trainer:
     """Runs a `Task` under `strategy` for `total_steps`, in epochs of `steps_per_epoch`.
 
     Seeds Python, NumPy, TF and Keras with `task.seed`, then builds model, optimizer and step
-    counter in the strategy's scope. Nothing is written before `train()`.
+    counter in the strategy's scope. With `deterministic`, turns on TensorFlow's op
+    determinism first (see `determinism`). Nothing is written before `train()`.
     """
 
     def __init__(self, task: Task, model_dir: str, strategy: tf.distribute.Strategy, *,
                  steps_per_epoch: int, total_steps: int, checkpoint_every: int = 500,
-                 max_checkpoints: int = 3):
+                 max_checkpoints: int = 3, deterministic: bool = False):
         self.task, self.strategy = task, strategy
         self.model_dir = str(model_dir)
         self.chief = is_chief(strategy)
         self.replicas = strategy.num_replicas_in_sync
+        self.workers = num_workers(strategy)
         if task.global_batch_size % self.replicas:
             raise ValueError(f"batch size {task.global_batch_size} must be a multiple of the "
                              f"{self.replicas} replicas.")
         if steps_per_epoch < 1 or total_steps < 0:
             raise ValueError(f"steps per epoch must be >= 1 (got {steps_per_epoch}) and "
                              f"total steps >= 0 (got {total_steps}).")
+        self.deterministic = deterministic
+        if deterministic:
+            error = determinism.strategy_error(strategy)
+            if error:
+                raise ValueError(error)
+            determinism.enable()
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.epochs = math.ceil(total_steps / steps_per_epoch)
         self.checkpoint_every = checkpoint_every
@@ -179,8 +227,16 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # The cluster that wrote a checkpoint (workers, replicas): the data order and the
+        # task's per-worker random state depend on it, so a resume on another is refused.
+        self.cluster = tf.Variable([self.workers, self.replicas], dtype=tf.int64,
+                                   trainable=False, name="cluster")
+        run_state = tf.train.Checkpoint(cluster=self.cluster, **task.checkpoint_items())
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              step=self.step)
+                                              step=self.step, run=run_state)
+        # What checkpoints written before the run state existed hold.
+        self._core_checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                                    step=self.step)
         self._scratch = None
         ckpt_dir = os.path.join(self.model_dir, CHECKPOINTS)
         if not self.chief:  # every worker saves (collectively); only the chief's copy is kept
@@ -191,6 +247,8 @@ class Trainer:
                                                   max_to_keep=max_checkpoints)
         self._sync = make_stat_sync(strategy, self.model.non_trainable_variables)
         self._train_fn = self._make_train_fn()
+        self._sigterm = threading.Event()  # set by a SIGTERM during train()
+        self._steps_done = self._first_step = 0  # the step reached; the run's first
         self.history: list[dict] = []
         self.metrics: dict[str, float] = {}  # of the last evaluation
         self.seconds_per_step = 0.0  # of the last train(), after its first step
@@ -199,17 +257,34 @@ class Trainer:
     def _make_train_fn(self):
         task, model, optimizer, replicas = self.task, self.model, self.optimizer, self.replicas
 
-        def replica_step(inputs):
-            return task.train_step(inputs, model, optimizer, replicas)
+        def replica_step(inputs, sigterm):
+            return task.train_step(inputs, model, optimizer, replicas), sigterm
 
         @tf.function(autograph=False)  # plain graph code: tracing without autograph is ~1/3 quicker
-        def train_step(iterator):
-            values = self.strategy.run(replica_step, args=(next(iterator),))
+        def train_step(iterator, sigterm):
+            """One step; `sigterm` (1.0 if this worker received one) is reduced with the
+            step's values, so every worker learns in the same step that one was told to
+            stop."""
+            values, stop = self.strategy.run(replica_step, args=(next(iterator), sigterm))
             self.step.assign_add(1)
             mean = tf.distribute.ReduceOp.MEAN  # equal per-replica batches: the global mean
-            return {k: self.strategy.reduce(mean, v, axis=None) for k, v in values.items()}
+            return ({k: self.strategy.reduce(mean, v, axis=None) for k, v in values.items()},
+                    self.strategy.reduce(mean, stop, axis=None))
 
         return train_step
+
+    def _run_step(self, iterator) -> dict:
+        """One train step; saves a checkpoint and raises `PreemptedError` if any worker
+        received a SIGTERM (before or during it)."""
+        sigterm = tf.constant(1.0 if self._sigterm.is_set() else 0.0)
+        if self.deterministic and self._steps_done == self._first_step:
+            determinism.check_step(self._train_fn.get_concrete_function(iterator, sigterm))
+        values, stop = self._train_fn(iterator, sigterm)
+        values = {k: float(v) for k, v in values.items()}
+        self._steps_done += 1
+        if float(stop) > 0:
+            self._stop_preempted()
+        return values
 
     # -- checkpoints --------------------------------------------------------------------------
     def restore(self) -> int:
@@ -217,8 +292,13 @@ class Trainer:
         latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINTS))
         if latest is None:
             return 0
+        # A checkpoint written before the run state (cluster, task items) was saved
+        # restores without it: the run goes on, its task state restarting.
+        keys = tf.train.load_checkpoint(latest).get_variable_to_shape_map()
+        has_run_state = any(key.startswith("run/") for key in keys)
+        checkpoint = self.checkpoint if has_run_state else self._core_checkpoint
         try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            checkpoint.restore(latest).assert_existing_objects_matched()
         except (ValueError, AssertionError, tf.errors.OpError) as err:
             # The half-restored checkpoint logs "unrestored values" warnings (dozens of lines)
             # when it is deleted; the error below says all of it.
@@ -233,9 +313,59 @@ class Trainer:
                 self.history = json.load(f)
         return int(self.step.numpy())
 
+    def _check_cluster(self, step: int) -> None:
+        """Refuse to resume a checkpoint on another number of workers or replicas (an
+        evaluation of it may run on any; a checkpoint without the record passes)."""
+        saved = [int(v) for v in self.cluster.numpy()]
+        if saved != [self.workers, self.replicas]:
+            def size(workers: int, replicas: int) -> str:
+                return (f"{workers} worker{'s' * (workers != 1)} ({replicas} "
+                        f"replica{'s' * (replicas != 1)})")
+            raise ValueError(f"--model_dir {self.model_dir}: its checkpoint (step {step}) was "
+                             f"trained by {size(*saved)}; this run has "
+                             f"{size(self.workers, self.replicas)}. Resume it on "
+                             f"{size(*saved)}: the data order and sampling depend on it; or "
+                             "train in a new --model_dir.")
+
     def save(self) -> None:
         self._sync()
         self.manager.save(checkpoint_number=int(self.step.numpy()))
+
+    def _latest_checkpoint(self) -> str:
+        latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINTS))
+        return f"{latest} (step {latest.rsplit('-', 1)[1]})" if latest else "none yet"
+
+    def _stop_preempted(self) -> None:
+        """Save the step's checkpoint (all workers, collectively); raise `PreemptedError`."""
+        self.save()
+        step = int(self.step.numpy())
+        digest = weights_digest(self.model)
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+        path = os.path.join(self.model_dir, CHECKPOINTS, f"ckpt-{step}")
+        if self.workers > 1:
+            whose = "this worker's" if self._sigterm.is_set() else "another worker's"
+            cause, rerun = f"{whose} SIGTERM", "the same command on every worker"
+        else:
+            cause, rerun = "SIGTERM", "the same command"
+        raise PreemptedError(f"stopped by {cause} after step {step}/{self.total_steps} "
+                             f"(weights sha256 {digest}): checkpoint {path} saved; rerun "
+                             f"{rerun} to resume.")
+
+    @contextlib.contextmanager
+    def _sigterm_checkpoints(self):
+        """While training, a SIGTERM (a scheduler's preemption) sets a flag the next step
+        reduces over all workers: every worker then saves that step's checkpoint and stops
+        with `PreemptedError`. Outside the main thread (no signal handlers there) a no-op."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._sigterm.clear()
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._sigterm.set())
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def evaluate(self) -> dict[str, float]:
         """The task's evaluation of the current model (statistics averaged first)."""
@@ -246,14 +376,36 @@ class Trainer:
     # -- training -----------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
         """Train to `total_steps`, resuming from the latest checkpoint; return the metrics of
-        the last evaluation (`{}` if the task evaluates nothing)."""
-        spe, total = self.steps_per_epoch, self.total_steps
+        the last evaluation (`{}` if the task evaluates nothing).
+
+        Raises `PreemptedError` after a SIGTERM (checkpoint saved) and, with several workers,
+        `WorkerLostError` when a peer stopped or became unreachable (TensorFlow's coordination
+        service aborts the collectives once the peer's heartbeats stop)."""
         if self.chief:
             os.makedirs(self.model_dir, exist_ok=True)
             remove_stale(self.model_dir, STALE_PATTERNS)
             remove_stale(os.path.join(self.model_dir, CHECKPOINTS), STALE_CHECKPOINT_PATTERNS)
         step = self.restore()
+        self._check_cluster(step)
+        self._steps_done = self._first_step = step
         self.task.begin(self.model_dir, self.chief)
+        try:
+            with self._sigterm_checkpoints():
+                return self._train_from(step)
+        except LOST_PEER_ERRORS as err:
+            if self.workers == 1:
+                raise
+            if self._scratch:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+            raise WorkerLostError(
+                f"lost a worker of the {self.workers}-worker cluster at step "
+                f"{self._steps_done}/{self.total_steps} ({type(err).__name__}: "
+                f"{peer_failure(err)}): every worker must stop; rerun the same command on "
+                f"every worker to resume from the latest checkpoint, "
+                f"{self._latest_checkpoint()}.") from err
+
+    def _train_from(self, step: int) -> dict[str, float]:
+        spe, total = self.steps_per_epoch, self.total_steps
         if step >= total:
             self._log(f"Nothing to train: the run in {self.model_dir} already finished (step "
                       f"{step}/{total}). Its outputs: {self.task.export_path(self.model_dir)}, "
@@ -287,12 +439,12 @@ class Trainer:
             sums: dict[str, float] = {}
             done, epoch_start = 0, time.perf_counter()
             while step < end:
-                values = self._train_fn(iterator)
+                values = self._run_step(iterator)
                 step, done, trained = step + 1, done + 1, trained + 1
                 if first_done is None:
                     first_done = time.perf_counter()
                 for key, value in values.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
+                    sums[key] = sums.get(key, 0.0) + value
                 seconds = time.perf_counter() - epoch_start
                 # Running means are computed here, so the bar must show them as they are.
                 bar.stateful_metrics.update(short_name(k) for k in sums)

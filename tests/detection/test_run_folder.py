@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from loopback import ROOT, script_env
+from loopback import ROOT, SIGNAL_AFTER_CHECKPOINT, SIGNAL_ENV, op_determinism_restored, script_env
 
 from keras_res2net.detection import configs, experiment_io, trainer
 from keras_res2net.detection.data.synthetic import write_dataset, write_split
@@ -199,44 +199,48 @@ def test_backbone_weights_are_loaded_before_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_detection_run_killed_after_a_checkpoint_resumes_from_it(tmp_path):
-    """SIGKILL once the first checkpoint is complete (CheckpointManager writes its
-    `checkpoint` index after the files), then the same command resumes from the latest
-    checkpoint and ends at the requested step. Faster R-CNN: the resume is the trainer's and
-    the detection task's, the same for every architecture, and its smaller graph traces
-    sooner (each of the two processes traces it)."""
+def test_detection_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path):
+    """SIGKILL right after the checkpoint of step 3 (mid-epoch: 2 steps per epoch), then the
+    same command resumes from it and, under --deterministic, ends on the weights of an
+    uninterrupted run (trained here, in this process: two processes, the same sha256).
+    Faster R-CNN: the resume is the trainer's and the detection task's, the same for every
+    architecture, and its smaller graph traces sooner (each of the three runs traces it).
+    Broken on purpose: without the RoI-sampling seed state in the checkpoint
+    (`DetectionTrainingTask.checkpoint_items` returning {}) the digests differ."""
     import signal
-    import time
 
     import tensorflow as tf
 
-    write_dataset(tmp_path / "data", train=4, val=1, seed=2, size=64)
+    from keras_res2net.training.trainer import weights_digest
+
+    data_dir = tmp_path / "data"
+    write_dataset(data_dir, train=4, val=1, seed=2, size=64)
     model_dir = tmp_path / "run"
-    steps = 8
-    args = [sys.executable, os.path.join(ROOT, "train", "coco.py"), "--experiment",
-            "faster_rcnn_res2net50_fpn_synthetic",
-            "--data_dir", str(tmp_path / "data"), "--model_dir", str(model_dir), "--steps",
-            str(steps), "--batch_size", "2", "--max_size", "64", "--checkpoint_every", "1"]
+    steps, kill_at = 4, 3
+    experiment = "faster_rcnn_res2net50_fpn_synthetic"
+    args = [os.path.join(ROOT, "train", "coco.py"), "--experiment", experiment,
+            "--data_dir", str(data_dir), "--model_dir", str(model_dir), "--steps",
+            str(steps), "--batch_size", "2", "--max_size", "64", "--checkpoint_every", "1",
+            "--deterministic"]
     env = script_env(PYTHONPATH=os.pathsep.join(filter(None, [ROOT,
                                                               os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    index = model_dir / trainer.CHECKPOINTS / "checkpoint"
-    try:
-        deadline = time.monotonic() + 240
-        while not index.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_CHECKPOINT, *args], cwd=ROOT,
+                            env={**env, SIGNAL_ENV: f"{kill_at}:SIGKILL"}, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (model_dir / trainer.WEIGHTS).exists()
     latest = tf.train.latest_checkpoint(str(model_dir / trainer.CHECKPOINTS))
-    killed_at = int(latest.rsplit("-", 1)[1])
-    assert 1 <= killed_at < steps, latest
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert latest.endswith(f"ckpt-{kill_at}"), latest
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"Resumed from {latest} at step {killed_at}/{steps} " in done.stdout, done.stdout
+    assert f"Resumed from {latest} at step {kill_at}/{steps} " in done.stdout, done.stdout
     final = next(line for line in done.stdout.splitlines() if line.startswith("Final:"))
-    assert f"trained {steps - killed_at} steps" in final and f"step {steps}/{steps}" in final
+    assert f"trained {steps - kill_at} steps" in final and f"step {steps}/{steps}" in final
     assert (model_dir / trainer.WEIGHTS).exists()
+    config = trainer.apply_overrides(configs.get_experiment(experiment), steps=steps,
+                                     batch_size=2, max_size=64)
+    with op_determinism_restored():
+        _, model, _ = trainer.train(config, data_dir, tmp_path / "uninterrupted",
+                                    checkpoint_every=1, deterministic=True)
+    assert f"weights sha256 {weights_digest(model)} " in final

@@ -20,6 +20,8 @@ def test_digits_brings_its_own_defaults_and_flags_override():
     (dict(batch_size=0), "--batch_size must be a positive integer; got 0"),
     (dict(label_smoothing=1.5), "--label_smoothing must be in"),
     (dict(strategy="tpu"), "--strategy tpu needs --tpu"),
+    (dict(strategy="tpu", tpu="local", deterministic=True),
+     "--deterministic with --strategy tpu: TensorFlow's op determinism covers CPU and GPU"),
     (dict(data="tfrecord"), "--data tfrecord needs --data_dir"),
     (dict(init_weights="/nonexistent.pth"), "--init_weights '/nonexistent.pth': no such file"),
 ])

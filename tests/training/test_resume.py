@@ -1,4 +1,11 @@
-"""SIGKILL a run mid-training; the same command resumes from its checkpoint, not from scratch."""
+"""SIGKILL a run mid-training; the same command resumes from its checkpoint, not from scratch,
+and under --deterministic ends on the weights of an uninterrupted run (trained here, in
+this process: two processes, the same sha256).
+
+Broken on purpose: the resumed run's pipeline not skipping the batches already trained on
+gives another digest; so does an unseeded run (`keras.utils.set_random_seed` removed from
+the trainer: each process initialises other weights).
+"""
 
 from __future__ import annotations
 
@@ -7,36 +14,16 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from loopback import ROOT, script_env
+from loopback import ROOT, SIGNAL_AFTER_CHECKPOINT, SIGNAL_ENV, op_determinism_restored, script_env
 
 STEPS = 4
 EPOCHS = 2
 KILL_AT = 6  # a mid-epoch checkpoint of the second epoch (checkpoints every 2 steps)
 SCRIPT = os.path.join(ROOT, "train", "imagenet.py")
-
-# train/imagenet.py with Trainer.save patched to stop the process right after the checkpoint
-# of step KILL_AT, so the test kills the run at that point, not wherever it got to.
-STOP_AFTER_CHECKPOINT = """
-import os, runpy, signal, sys
-from keras_res2net.training import trainer as loop
-
-save = loop.Trainer.save
-
-def save_then_stop(self):
-    save(self)
-    if int(self.step.numpy()) == {kill_at}:
-        open({marker!r}, "w").close()
-        os.kill(os.getpid(), signal.SIGSTOP)  # held here until the test's SIGKILL
-
-loop.Trainer.save = save_then_stop
-sys.argv = [{script!r}, *sys.argv[1:]]
-runpy.run_path({script!r}, run_name="__main__")
-"""
 
 
 def _latest_step(ckpt_dir: str) -> int:
@@ -45,32 +32,24 @@ def _latest_step(ckpt_dir: str) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume(tmp_path, tiny_config, train_script):
+def test_sigkill_then_resume_ends_on_the_uninterrupted_weights(tmp_path, tiny_config,
+                                                               train_script):
     model_dir = str(tmp_path / "run")
     ckpt_dir = os.path.join(model_dir, "checkpoints")
-    marker = str(tmp_path / "stopped")
     args = [*train_script.tiny_flags, "--epochs", str(EPOCHS), "--steps_per_epoch", str(STEPS),
-            "--checkpoint_every", "2", "--model_dir", model_dir]
-    code = STOP_AFTER_CHECKPOINT.format(kill_at=KILL_AT, marker=marker, script=SCRIPT)
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=script_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 180
-        while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert os.path.exists(marker), "the run never reached its checkpoint"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+            "--checkpoint_every", "2", "--deterministic", "--model_dir", model_dir]
+    # The run kills itself right after the checkpoint of step KILL_AT.
+    killed = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_CHECKPOINT, SCRIPT, *args],
+                            cwd=ROOT, env=script_env(**{SIGNAL_ENV: f"{KILL_AT}:SIGKILL"}),
+                            capture_output=True, text=True, timeout=240)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     killed_at = _latest_step(ckpt_dir)
     assert killed_at == KILL_AT
     assert not os.path.exists(os.path.join(model_dir, "model.keras"))
 
     # Restoring gives back the checkpoint's step and trained weights (not the fresh init).
     from keras_res2net.training import Trainer
+    from keras_res2net.training.trainer import weights_digest
 
     config = tiny_config(model_dir, epochs=EPOCHS, steps_per_epoch=STEPS, checkpoint_every=2)
     trainer = Trainer(config)
@@ -95,6 +74,13 @@ def test_sigkill_then_resume(tmp_path, tiny_config, train_script):
     assert re.search(rf"step {total}/{total}", result.stdout)
     assert _latest_step(ckpt_dir) == total
     assert os.path.exists(os.path.join(model_dir, "model.keras"))
+    with op_determinism_restored():
+        uninterrupted = Trainer(tiny_config(tmp_path / "uninterrupted", epochs=EPOCHS,
+                                            steps_per_epoch=STEPS, checkpoint_every=2,
+                                            deterministic=True))
+        uninterrupted.train()
+    resumed_digest = re.search(r"weights sha256 (\w+)", result.stdout).group(1)
+    assert resumed_digest == weights_digest(uninterrupted.model)
 
 
 @pytest.mark.slow
