@@ -31,6 +31,8 @@ FP16_TOLERANCE = 1e-2
 MIN_AGREEMENT = 0.99
 
 Runner = Callable[[np.ndarray], np.ndarray]
+# (result, reference outputs, artifact outputs, kind) -> None: sets bound, passed and error.
+Judge = Callable[["CheckResult", np.ndarray, np.ndarray, str], None]
 
 
 class ExportError(RuntimeError):
@@ -122,8 +124,11 @@ def judge(result: CheckResult, reference: np.ndarray, kind: str) -> None:
 
 
 def check_artifact(result: CheckResult, load: Callable[[], Runner], images: np.ndarray,
-                   reference: np.ndarray, kind: str, latency_repeats: int = 20) -> CheckResult:
-    """Load the artifact, run `images` through it, compare with `reference`, time batch 1."""
+                   reference: np.ndarray, kind: str, latency_repeats: int = 20,
+                   judge_outputs: Judge | None = None) -> CheckResult:
+    """Load the artifact, run `images` through it, compare with `reference`, time batch 1.
+    `judge_outputs(result, reference, outputs, kind)` replaces `judge` where a task has its
+    own bound (saliency maps: their mean absolute difference)."""
     result.size_bytes = path_size(result.path)
     try:
         run = load()
@@ -134,7 +139,10 @@ def check_artifact(result: CheckResult, load: Callable[[], Runner], images: np.n
         result.error = f"could not run the artifact: {type(err).__name__}: {err}"
         result.passed = False
         return result
-    judge(result, reference, kind)
+    if judge_outputs is None:
+        judge(result, reference, kind)
+    else:
+        judge_outputs(result, reference, np.asarray(outputs, np.float32), kind)
     if result.passed and latency_repeats:
         result.latency_ms = median_latency_ms(run, images[:1], latency_repeats)
     return result
@@ -143,18 +151,21 @@ def check_artifact(result: CheckResult, load: Callable[[], Runner], images: np.n
 def write_and_check(fmt: str, final_path: str, *, force: bool, write: Callable[[str], None],
                     load: Callable[[str], Runner], images: np.ndarray, reference: np.ndarray,
                     kind: str, latency_repeats: int = 20,
-                    inspect: Callable[[str], list[str]] | None = None) -> CheckResult:
+                    inspect: Callable[[str], list[str]] | None = None,
+                    judge_outputs: Judge | None = None) -> CheckResult:
     """Write an artifact to a staging path, check it, and move it to `final_path` if it passed.
 
-    `inspect` may add notes (op lists, compatibility findings) from the staged artifact. The
-    returned result says whether the artifact passed; a failed one is not left anywhere.
+    `inspect` may add notes (op lists, compatibility findings) from the staged artifact;
+    `judge_outputs` replaces the default bound (see `check_artifact`). The returned result
+    says whether the artifact passed; a failed one is not left anywhere.
     """
     result = CheckResult(fmt, final_path)
     try:
         with staged_path(final_path, force) as temp:
             write(temp)
             result.path = temp
-            check_artifact(result, lambda: load(temp), images, reference, kind, latency_repeats)
+            check_artifact(result, lambda: load(temp), images, reference, kind, latency_repeats,
+                           judge_outputs)
             if inspect is not None and result.passed:
                 result.notes.extend(inspect(temp))
             if not result.passed:
