@@ -24,8 +24,8 @@ import numpy as np
 from keras_res2net.export import calibration, runner, source, verify
 from keras_res2net.export.plan import FORMATS, OptionError, Plan, artifact_path
 
-CALIBRATION_SCENES = 64
-CHECK_SCENES = 32
+CALIBRATION_SCENES = 32
+CHECK_SCENES = 16
 CHECK_SEED = 7_000_001  # a stream no training run uses by default
 # Mean absolute difference between an artifact's maps and the Keras model's, in [0, 1].
 # float32: another order of the same arithmetic (measured ~1e-7); fp16 weights: rounding

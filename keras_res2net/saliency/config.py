@@ -1,10 +1,12 @@
 """A saliency training run as one dataclass, its defaults, checks and run record.
 
 `SaliencyConfig` holds every knob of `train/saliency.py`. Fields left None take the data's
-defaults in `resolve`: `--data synthetic` (the embedded default, generated scenes) trains a
-small Res2Net-50 (one block per stage, 8w x 4s) with a narrow DSS decoder at 64 px in a few
-minutes on 2 CPU cores; a folder (DUTS-TR and the like) trains the published Res2Net-50
-26w x 4s with DSS's decoder widths at 320 px. `validate` refuses bad values naming the flag.
+defaults in `resolve`: `--data synthetic` (the embedded default, generated scenes) trains,
+unless `--model` names another network, a small Res2Net-50 (one block per stage, 8w x 4s)
+with a narrow DSS decoder at 64 px in a few minutes on 2 CPU cores; a folder (DUTS-TR and
+the like) trains the published Res2Net-50 26w x 4s with DSS's decoder widths at 320 px. A
+named `--model` keeps its own blocks and width unless `--layers`/`--base_width` say.
+`validate` refuses bad values naming the flag.
 The run folder's `saliency_config.json` records the resolved config: a folder whose
 checkpoints belong to another network is refused before anything is built, and prediction,
 evaluation and export read the model's input size from it.
@@ -27,11 +29,13 @@ SYNTHETIC = "synthetic"
 MODEL_FIELDS = ("model", "layers", "base_width", "scale", "side_channels", "image_size")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
-SYNTHETIC_DEFAULTS = dict(model="res2net50_26w_4s", layers=(1, 1, 1, 1), base_width=8,
-                          side_channels=(16, 32, 32, 64, 64), image_size=64, num_train=1024,
+# The network of a run that names no --model: on synthetic scenes a small Res2Net-50.
+SYNTHETIC_NETWORK = dict(model="res2net50_26w_4s", layers=(1, 1, 1, 1), base_width=8)
+SYNTHETIC_DEFAULTS = dict(side_channels=(16, 32, 32, 64, 64), image_size=64, num_train=1024,
                           num_val=128, batch_size=16, epochs=4, learning_rate=2e-3)
-FOLDER_DEFAULTS = dict(model="res2net50_26w_4s", side_channels=DSS_CHANNELS, image_size=320,
-                       batch_size=8, epochs=24, learning_rate=1e-4)
+FOLDER_NETWORK = dict(model="res2net50_26w_4s")
+FOLDER_DEFAULTS = dict(side_channels=DSS_CHANNELS, image_size=320, batch_size=8, epochs=24,
+                       learning_rate=1e-4)
 
 
 @dataclasses.dataclass
@@ -79,7 +83,9 @@ class SaliencyConfig:
 
 def resolve(config: SaliencyConfig) -> SaliencyConfig:
     """A copy with the data's defaults filled in, validated."""
-    defaults = SYNTHETIC_DEFAULTS if config.synthetic else FOLDER_DEFAULTS
+    defaults = dict(SYNTHETIC_DEFAULTS if config.synthetic else FOLDER_DEFAULTS)
+    if config.model is None:  # a named --model keeps its own depth and width
+        defaults.update(SYNTHETIC_NETWORK if config.synthetic else FOLDER_NETWORK)
     values = dataclasses.asdict(config)
     for key, value in defaults.items():
         if values.get(key) is None:

@@ -44,7 +44,11 @@ class SaliencyMetrics:
     """Accumulates maps and masks (`add`), then `results()`: `METRIC_NAMES` -> float."""
 
     def __init__(self):
-        import py_sod_metrics as sod
+        try:
+            import py_sod_metrics as sod
+        except ImportError as err:
+            raise ImportError("the saliency metrics need pysodmetrics: pip install "
+                              "'keras-res2net[saliency]'.") from err
 
         self._mae = sod.MAE()
         self._fm = sod.FmeasureV2({"fm": sod.FmeasureHandler(
