@@ -47,3 +47,27 @@ def test_any_res2net_pyramid_backbone():
     model = saliency_model("res2net50_v1b_26w_4s", image_size=32, **TINY)
     assert _inbound(model, "side2_conv1") == ["relu"]
     assert tuple(model.output["fuse"].shape) == (None, 32, 32, 1)
+
+
+def test_backbone_from_a_converted_checkpoint(tmp_path):
+    """A `.weights.h5` as `keras_res2net.convert` writes it (classifier included, its
+    architecture attribute) initialises the backbone; the decoder keeps its own init."""
+    import dataclasses
+
+    from keras_res2net.convert import weights_bytes
+    from keras_res2net.models import create_model, resolve_spec
+
+    knobs = dict(layers=(1, 1, 1, 1), base_width=4)
+    classifier = create_model("res2net50_26w_4s", input_shape=(32, 32, 3), classes=10,
+                              classifier_activation=None, **knobs)
+    spec = resolve_spec("res2net50_26w_4s", **knobs)
+    arch = {"spec": dataclasses.asdict(spec), "include_top": True, "classes": 10,
+            "stage_pool": True, "source": "test", "layout": "official"}
+    path = tmp_path / "converted.weights.h5"
+    path.write_bytes(weights_bytes(classifier, arch))
+    model = saliency_model(image_size=32, weights=str(path), layers_per_stage=(1, 1, 1, 1),
+                           base_width=4, side_channels=(4, 4, 4, 8, 8))
+    for name in ("conv1", "layer2_0_convs_1", "layer4_0_bn3"):
+        for ours, theirs in zip(model.get_layer(name).weights,
+                                classifier.get_layer(name).weights, strict=True):
+            np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
