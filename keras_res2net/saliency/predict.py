@@ -53,7 +53,11 @@ def load_inference_model(source: str):
     """The saliency network of `source` (see `model_path`), checked to be one."""
     from keras_res2net.predict import load_keras_model
 
-    model = load_keras_model(model_path(source))
+    path = model_path(source)
+    try:
+        model = load_keras_model(path)
+    except UsageError as err:  # its message names the classifier's --model flag
+        raise UsageError(f"--checkpoint {source}: " + str(err).split(": ", 1)[-1]) from err
     shape = tuple(model.inputs[0].shape[1:])
     outputs = model.outputs
     if len(outputs) != 1 or tuple(outputs[0].shape[1:]) != (*shape[:2], 1):
