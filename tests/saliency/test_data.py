@@ -66,7 +66,8 @@ def test_folder_names_every_bad_pair_before_anything(tmp_path):
     with pytest.raises(BadPairsError) as caught:
         read_folder(str(root))
     message = str(caught.value)
-    assert "4 of its 5 image/mask pairs cannot be used" in message and "--skip_bad_images" in message
+    assert "4 of its 5 image/mask pairs cannot be used" in message
+    assert "--skip_bad_images" in message
     assert "lonely_image.jpg: has no mask lonely_image.png" in message
     assert "lonely_mask.png: is a mask without an image" in message
     assert "sizes.png: is 20x16 pixels, but its image" in message and "is 24x16" in message
