@@ -76,6 +76,14 @@ def test_folder_names_every_bad_pair_before_anything(tmp_path):
     kept = read_folder(str(root), skip_bad=True, log=notes.append)
     assert [os.path.basename(p.image) for p in kept.pairs] == ["good.jpg"]
     assert kept.left_out == 4 and "left out 4 of 5" in notes[0]
+    # train/saliency.py: exit status 2, and nothing written (the run folder not even made).
+    from keras_res2net.cli_errors import exit_code
+    from keras_res2net.saliency import config, task
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(BadPairsError) as caught:
+        task.run(config.resolve(config.SaliencyConfig(data=str(root), model_dir=str(run_dir))))
+    assert exit_code(caught.value) == 2 and not run_dir.exists()
 
 
 def test_folder_without_images_and_non_binary_masks(tmp_path):
