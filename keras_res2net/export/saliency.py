@@ -115,7 +115,9 @@ def saliency_serving(args: argparse.Namespace) -> source.ServingModel:
     if len(network.outputs) != 1 or tuple(network.outputs[0].shape[1:]) != (*shape[:2], 1):
         raise OptionError(f"--checkpoint {args.checkpoint}: {path} is not a saliency network.")
     maps = keras.layers.Activation("sigmoid", dtype="float32", name="saliency")(network.output)
-    model = keras.Model(network.inputs[0], maps, name=saliency_name(args.checkpoint))
+    # Not named "saliency" itself (a run folder's usual name): the serving wrapper names its
+    # output layer that, beside this model.
+    model = keras.Model(network.inputs[0], maps, name=f"{saliency_name(args.checkpoint)}_map")
     return source.serving_model(model, args.include_preprocessing,
                                 fold=not getattr(args, "no_fold", False))
 
