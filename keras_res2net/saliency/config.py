@@ -20,6 +20,7 @@ import os
 
 from keras_res2net.cli_errors import UsageError, atomic_file
 from keras_res2net.saliency.model import DSS_CHANNELS, SIDES
+from keras_res2net.training.config import STRATEGIES
 
 RUN_RECORD = "saliency_config.json"
 MODEL_FILE = "model.keras"
@@ -27,7 +28,6 @@ EVAL_FILE = "eval_metrics.json"
 SYNTHETIC = "synthetic"
 # Fields that decide the checkpoint's variables.
 MODEL_FIELDS = ("model", "layers", "base_width", "scale", "side_channels", "image_size")
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
 # The network of a run that names no --model: on synthetic scenes a small Res2Net-50.
 SYNTHETIC_NETWORK = dict(model="res2net50_26w_4s", layers=(1, 1, 1, 1), base_width=8)
