@@ -36,7 +36,7 @@ LONGEST_FIRST = (  # seconds per file, two workers (a full run at stop 24 on its
     "detection/test_export.py",  # 49
     "training/test_digits.py",  # 46 with 4 epochs (clean clone, stop 24; 57 with 6)
     "training/test_resume.py",  # 45
-    "saliency/test_run.py",  # ~45 CPU-seconds of one thread on a loaded host (not timed quiet)
+    "saliency/test_run.py",  # 45-50 CPU-seconds of one thread on a loaded host (not timed quiet)
     "training/test_multi_worker.py",  # 32
     "checkpoints/test_mapping.py",  # 31
     "detection/test_convert.py",  # 28
