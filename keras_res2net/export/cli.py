@@ -4,6 +4,7 @@
         --calibration-data digits --output out/
     res2net-export --model runs/digits/model.keras --format onnx savedmodel --output out/
     res2net-export --task detection --checkpoint runs/shapes --format savedmodel --output out/
+    res2net-export --task saliency --checkpoint runs/saliency --format tflite onnx --output out/
 
 Every option is checked before any model is loaded; each artifact is then written to a staging
 path, loaded with its own runtime, compared with the Keras model on sample images and only then
@@ -26,10 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="res2net-export", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=("classification", "detection"),
+    parser.add_argument("--task", choices=("classification", "detection", "saliency"),
                         default="classification",
                         help="classification (default): --model; detection: --checkpoint "
-                        "(and --experiment if it has no experiment.json)")
+                        "(and --experiment if it has no experiment.json); saliency: "
+                        "--checkpoint (a train/saliency.py run folder)")
     parser.add_argument("--model",
                         help="a variant name (res2net50_26w_4s, ...) or a saved .keras model")
     parser.add_argument("--experiment", help="--task detection: a registered detection "
@@ -81,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     args = build_parser().parse_args(argv)
     try:
-        plan = validate(args)
+        if args.task == "saliency":  # its own checks (keras_res2net.export.saliency)
+            from keras_res2net.export.saliency import validate_saliency
+
+            plan = validate_saliency(args)
+        else:
+            plan = validate(args)
     except OptionError as err:
         print(f"res2net-export: error: {err}", file=sys.stderr)
         return 2
@@ -91,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         remove_stale(folder, (".export-*",), "res2net-export")  # staging of killed runs
     if args.task == "detection":
         from keras_res2net.export.detection import run_exports
+    elif args.task == "saliency":
+        from keras_res2net.export.saliency import run_exports
     else:
         from keras_res2net.export.runner import run_exports
 

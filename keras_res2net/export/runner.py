@@ -49,17 +49,24 @@ def load_serving(args: argparse.Namespace) -> source.ServingModel:
         raise OptionError(str(err)) from err
 
 
-def run_exports(args: argparse.Namespace, plan: Plan) -> list[verify.CheckResult]:
-    """Export every planned format, print one check line (and notes) per artifact, a table."""
-    serving = load_serving(args)
-    samples = calibration.load_samples(args.calibration_data, serving.image_shape)
+def run_exports(args: argparse.Namespace, plan: Plan, serving: source.ServingModel | None = None,
+                samples: calibration.SampleImages | None = None,
+                judge_outputs: verify.Judge | None = None) -> list[verify.CheckResult]:
+    """Export every planned format, print one check line (and notes) per artifact, a table.
+
+    A task other than classification passes its own `serving` model, check and calibration
+    `samples`, and bound (`judge_outputs`, see `verify.check_artifact`)."""
+    serving = serving or load_serving(args)
+    if samples is None:
+        samples = calibration.load_samples(args.calibration_data, serving.image_shape)
     reference = serving.reference(samples.check)
     images = serving.model_inputs(samples.check)
     height, width, _ = serving.image_shape
     print(f"{serving.name}: input {INPUT_DESCRIPTION[serving.include_preprocessing]} "
           f"{height}x{width}x3, output {serving.output_name}; checked on {samples.source}")
     common = dict(force=args.force, images=images, reference=reference,
-                  latency_repeats=args.latency_runs, output_name=serving.output_name)
+                  latency_repeats=args.latency_runs, output_name=serving.output_name,
+                  judge_outputs=judge_outputs)
     results = []
 
     def report(result: verify.CheckResult) -> verify.CheckResult:

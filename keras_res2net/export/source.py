@@ -69,14 +69,17 @@ def load_model(model: str, weights: str | None = None, input_size: int | None = 
 
 
 def output_kind(model: keras.Model) -> str:
-    """probabilities, logits or features: what the model's single output holds."""
+    """probabilities, logits, features or saliency: what the model's single output holds."""
     if len(model.outputs) != 1:
         raise ValueError(f"{model.name} has {len(model.outputs)} outputs; the exporter handles "
                          "single-output classifiers and backbones.")
-    if len(model.outputs[0].shape) != 2:
-        return "features"
     last = model.layers[-1]
     activation = getattr(last, "activation", None)
+    if len(model.outputs[0].shape) != 2:
+        # A per-pixel probability map (N, H, W, 1): keras_res2net.saliency's network.
+        if getattr(activation, "__name__", "") == "sigmoid" and model.outputs[0].shape[-1] == 1:
+            return "saliency"
+        return "features"
     if isinstance(last, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax":
         return "probabilities"
     return "logits"

@@ -37,6 +37,8 @@ LOG_FLOOR = 1e-30
 MIN_AGREEMENT = 0.99
 
 Runner = Callable[[np.ndarray], np.ndarray]
+# (result, reference outputs, artifact outputs, kind) -> None: sets bound, passed and error.
+Judge = Callable[["CheckResult", np.ndarray, np.ndarray, str], None]
 
 
 class ExportError(RuntimeError):
@@ -137,11 +139,14 @@ def judge(result: CheckResult, reference: np.ndarray, kind: str, compared: str =
 
 def check_artifact(result: CheckResult, load: Callable[[], Runner], images: np.ndarray,
                    reference: np.ndarray, kind: str, latency_repeats: int = 20,
-                   output_name: str = "logits") -> CheckResult:
+                   output_name: str = "logits",
+                   judge_outputs: Judge | None = None) -> CheckResult:
     """Load the artifact, run `images` through it, compare with `reference`, time batch 1.
 
     `output_name` "probabilities" compares log-probabilities (`log_probabilities`); logits
-    and features are compared as they are.
+    and features are compared as they are. `judge_outputs(result, reference, outputs, kind)`
+    replaces `judge` where a task has its own bound (saliency maps: their mean absolute
+    difference).
     """
     result.size_bytes = path_size(result.path)
     as_logs = output_name == "probabilities"
@@ -156,7 +161,10 @@ def check_artifact(result: CheckResult, load: Callable[[], Runner], images: np.n
         result.error = f"could not run the artifact: {type(err).__name__}: {err}"
         result.passed = False
         return result
-    judge(result, reference, kind, "log-prob" if as_logs else "")
+    if judge_outputs is None:
+        judge(result, reference, kind, "log-prob" if as_logs else "")
+    else:
+        judge_outputs(result, reference, np.asarray(outputs, np.float32), kind)
     if result.passed and latency_repeats:
         result.latency_ms = median_latency_ms(run, images[:1], latency_repeats)
     return result
@@ -166,12 +174,14 @@ def write_and_check(fmt: str, final_path: str, *, force: bool, write: Callable[[
                     load: Callable[[str], Runner], images: np.ndarray, reference: np.ndarray,
                     kind: str, latency_repeats: int = 20,
                     inspect: Callable[[str], list[str]] | None = None,
-                    output_name: str = "logits") -> CheckResult:
+                    output_name: str = "logits",
+                    judge_outputs: Judge | None = None) -> CheckResult:
     """Write an artifact to a staging path, check it, and move it to `final_path` if it passed.
 
-    `output_name` is what the artifact returns (see `check_artifact`). `inspect` may add notes
-    (op lists, compatibility findings) from the staged artifact. The returned result says
-    whether the artifact passed; a failed one is not left anywhere.
+    `output_name` is what the artifact returns and `judge_outputs` replaces the default bound
+    (see `check_artifact`). `inspect` may add notes (op lists, compatibility findings) from the
+    staged artifact. The returned result says whether the artifact passed; a failed one is not
+    left anywhere.
     """
     result = CheckResult(fmt, final_path)
     try:
@@ -179,7 +189,7 @@ def write_and_check(fmt: str, final_path: str, *, force: bool, write: Callable[[
             write(temp)
             result.path = temp
             check_artifact(result, lambda: load(temp), images, reference, kind, latency_repeats,
-                           output_name)
+                           output_name, judge_outputs)
             if inspect is not None and result.passed:
                 result.notes.extend(inspect(temp))
             if not result.passed:
