@@ -37,17 +37,21 @@ def learning_shapes(tmp_path_factory):
 
 
 @pytest.fixture
-def learning_config():
-    """make(experiment, steps, warmup, decay): `experiment` as the learning tests run it,
-    images resized to fit 96x96, `steps` steps, `warmup` warmup steps, the learning rate
-    dropped at the `decay` steps."""
+def learning_config(learning_seed):
+    """make(experiment, steps, warmup, decay, heads=None): `experiment` as the learning tests
+    run it, images resized to fit 96x96, `steps` steps, `warmup` warmup steps, the learning
+    rate dropped at the `decay` steps, seeded with `learning_seed`; `heads` (a HeadConfig)
+    replaces the experiment's head sizes."""
     from keras_res2net.detection import configs
 
-    def make(experiment: str, steps: int, warmup: int, decay: tuple):
+    def make(experiment: str, steps: int, warmup: int, decay: tuple, heads=None):
         config = configs.get_experiment(experiment)
         config.data.max_size = (96, 96)
+        if heads is not None:
+            config.model.heads = heads
         train = config.train
         train.steps, train.warmup_steps, train.decay_steps = steps, warmup, decay
+        train.seed = learning_seed
         return config
 
     return make

@@ -17,9 +17,13 @@ from keras_res2net.detection import trainer
 pytestmark = pytest.mark.slow
 
 STEPS = 150
+# Set from the spread over seeds under CI's thread share (tools/learning_spread.py, recorded
+# in benchmarks/results/learning_spread.json); untrained detectors score ~0.
+BOX_AP50, MASK_AP50 = 0.35, 0.3
 
 
-def test_small_mask_rcnn_learns_shapes(tmp_path, learning_shapes, learning_config):
+def test_small_mask_rcnn_learns_shapes(tmp_path, learning_shapes, learning_config,
+                                       report_figure):
     data_dir = learning_shapes
     config = learning_config("mask_rcnn_res2net50_fpn_synthetic", STEPS, warmup=30,
                              decay=(120, 140))
@@ -29,6 +33,5 @@ def test_small_mask_rcnn_learns_shapes(tmp_path, learning_shapes, learning_confi
     print(f"box AP50 {metrics['bbox']['AP50']:.3f}, mask AP50 {metrics['segm']['AP50']:.3f}, "
           f"{seconds_per_step:.2f} s/step, {time.time() - start:.0f} s in all")
     assert (tmp_path / "run" / trainer.WEIGHTS).exists()
-    # Measured 0.47-0.53 box and mask AP50 at this length; untrained detectors score ~0.
-    assert metrics["bbox"]["AP50"] >= 0.35
-    assert metrics["segm"]["AP50"] >= 0.3
+    assert report_figure("box_AP50", metrics["bbox"]["AP50"], BOX_AP50) >= BOX_AP50
+    assert report_figure("mask_AP50", metrics["segm"]["AP50"], MASK_AP50) >= MASK_AP50

@@ -31,10 +31,15 @@ def tiny_model_path(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def digits_model_path(tmp_path_factory) -> str:
-    keras.utils.set_random_seed(0)
+    """Seeded as the learning tests are (`RES2NET_LEARNING_SEED`, default 0), so the int8
+    agreement bound can be set from its spread over seeds (tools/learning_spread.py)."""
+    keras.utils.set_random_seed(int(os.environ.get("RES2NET_LEARNING_SEED", "0")))
     digits = load_digits(image_size=32)
     model = keras_res2net.create_model("res2net50_26w_4s", classifier_activation=None, **TINY)
-    model.compile(keras.optimizers.Adam(2e-3),
+    # The learning rate decays to 0 over the run: a model that ends on a large step keeps
+    # near-ties that int8 rounding flips (the exporter's own int8 check needs 99% agreement).
+    steps = 3 * (len(digits.train_labels) // 64 + 1)
+    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps)),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     images = np.asarray(keras_res2net.preprocess_input(digits.train_images))

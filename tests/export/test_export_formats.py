@@ -12,8 +12,13 @@ from keras_res2net.datasets import load_digits
 from keras_res2net.export import calibration, cli, source, tflite
 from keras_res2net.imagenet import preprocess_input
 
-# max|diff| / max|logit| of the fp16 TFLite model: measured 2.3e-4; int8 weights move more.
+# max|diff| / max|logit| of the fp16 TFLite model: fp16 weights keep ~11 significant bits
+# (~1e-3 of the scale at most); int8 weights move more.
 FP16_RELATIVE_BOUND = 2e-3
+# Top-1 agreement of the int8 files with the Keras model on the held-out digits: set from its
+# spread over the digits fixture's seeds (tools/learning_spread.py, recorded in
+# benchmarks/results/learning_spread.json); a wrong graph or scale agrees on ~10%.
+INT8_AGREEMENT = 0.97
 
 
 def export(*args: str) -> int:
@@ -112,7 +117,7 @@ def test_tflite_dynamic_on_digits(digits_model_path, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_tflite_int8_on_digits(digits_model_path, tmp_path, capsys):
+def test_tflite_int8_on_digits(digits_model_path, tmp_path, capsys, report_figure):
     """The README's command, then an independent check of float- and int8-IO models."""
     code = export("--model", digits_model_path, "--format", "tflite", "--quantize", "int8",
                   "--calibration-data", "digits", "--output", tmp_path, "--latency-runs", "3")
@@ -133,7 +138,8 @@ def test_tflite_int8_on_digits(digits_model_path, tmp_path, capsys):
         assert interpreter.get_output_details()[0]["dtype"] == dtype
         outputs = tflite.load_tflite(str(path))(images)
         agreement = np.mean(reference.argmax(-1) == outputs.argmax(-1))
-        assert agreement >= 0.99, (path, agreement)
+        name = f"{'int8_io' if dtype == np.int8 else 'float_io'}_agreement"
+        assert report_figure(name, agreement, INT8_AGREEMENT) >= INT8_AGREEMENT, (path, agreement)
 
 
 def test_tensorrt_without_tensorrt_names_onnx_and_trtexec(tiny_model_path, tmp_path, capsys):
